@@ -1,0 +1,89 @@
+"""The embedded default VLM: a few-million-parameter LLaVA built from config, fully offline.
+
+Why build and save an ordinary HF folder instead of keeping a bespoke module: everything downstream
+(training, checkpoints, the ROS node) then loads it with the same `from_pretrained(local_dir)` call
+that loads a real LLaVA, so the default exercises the real code path.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
+# The prompt template's words plus a robot-instruction vocabulary; dataset instructions add theirs.
+BASE_WORDS = (
+    "in what action should the robot take to out state reach push pick place put move drive go "
+    "the a an to on in into onto of and then near next left right front behind top bottom "
+    "red green blue yellow orange purple white black gray grey pink cyan magenta brown "
+    "block cube ball sphere cone cylinder box bowl cup plate bin target goal marker landmark "
+    "gripper arm base table floor object it up down forward backward open close grasp lift drop "
+    "stop turn rotate slowly fast toward towards away from at"
+).split()
+PUNCT = list("?.:,;!-'\"()/")
+DIGITS = list("0123456789")
+
+
+def instruction_words(texts) -> list[str]:
+    words: set[str] = set()
+    for t in texts:
+        words.update(re.findall(r"[a-z]+", t.lower()))
+    return sorted(words)
+
+
+def build_tokenizer(extra_words=()):
+    """Word-level tokenizer: lowercase words, single digits (so proprio state can be text)."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_list = SPECIAL + PUNCT + DIGITS + sorted(set(BASE_WORDS) | set(extra_words))
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>", padding_side="left")
+    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return fast
+
+
+def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 8,
+                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 256,
+                   text_layers: int = 4, seed: int = 0) -> Path:
+    """Build tokenizer + processor + LlavaForConditionalGeneration from config and save them."""
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(extra_words)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True, do_resize=True)
+    num_patches = (image_size // patch_size) ** 2
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
+                              intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
+                              num_attention_heads=4, projection_dim=vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+                       num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         image_seq_length=num_patches, vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("built tiny VLM (%.2fM params, vocab %d) at %s", n_params / 1e6, len(tokenizer), out_dir)
+    return out_dir

@@ -1,0 +1,94 @@
+"""Shared pieces of the MuJoCo tasks: seeding, offscreen rendering, the Gymnasium-style step contract."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import qsft_robot.sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+import mujoco
+import numpy as np
+
+COLORS = {
+    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.1), "blue": (0.1, 0.2, 0.95),
+    "yellow": (0.95, 0.85, 0.1), "purple": (0.6, 0.1, 0.8), "orange": (1.0, 0.5, 0.0),
+}
+
+
+@dataclass
+class StepResult:
+    obs: dict
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict = field(default_factory=dict)
+
+
+class MujocoTask:
+    """Base class: subclasses build the MJCF, define the action map, the instruction and success.
+
+    API follows Gymnasium: reset(seed) -> (obs, info); step(a) -> (obs, r, terminated, truncated, info).
+    Observations: {"images": {cam: HxWx3 uint8 RGB}, "state": float32 vector, "instruction": str}.
+    """
+
+    action_dim: int = 0
+    camera: str = "front"
+    state_dim: int = 0
+
+    def __init__(self, image_size: int = 64, max_steps: int = 40, render_size: int = 192):
+        self.image_size = image_size
+        self.max_steps = max_steps
+        self.render_size = render_size
+        self.rng = np.random.default_rng(0)
+        self.model: mujoco.MjModel | None = None
+        self.data: mujoco.MjData | None = None
+        self._renderers: dict[int, mujoco.Renderer] = {}
+        self.t = 0
+        self.instruction = ""
+        self.target = ""
+
+    # subclasses implement these
+    def _build(self) -> None: ...
+    def _randomize(self) -> None: ...
+    def _apply(self, action: np.ndarray) -> None: ...
+    def _state(self) -> np.ndarray: ...
+    def _success(self) -> bool: ...
+
+    def _renderer(self, size: int) -> mujoco.Renderer:
+        if size not in self._renderers:
+            self._renderers[size] = mujoco.Renderer(self.model, size, size)
+        return self._renderers[size]
+
+    def render(self, size: int | None = None) -> np.ndarray:
+        r = self._renderer(size or self.render_size)
+        r.update_scene(self.data, camera=self.camera)
+        return r.render().copy()
+
+    def observation(self) -> dict:
+        return {"images": {self.camera: self.render(self.image_size)}, "state": self._state().astype(np.float32),
+                "instruction": self.instruction}
+
+    def reset(self, seed: int | None = None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        if self.model is None:
+            self._build()
+            self.data = mujoco.MjData(self.model)
+        mujoco.mj_resetData(self.model, self.data)
+        self._randomize()
+        mujoco.mj_forward(self.model, self.data)
+        self.t = 0
+        return self.observation(), {"success": False, "instruction": self.instruction, "target": self.target}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(self.action_dim)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"non-finite action {action}")
+        self._apply(action)
+        self.t += 1
+        success = bool(self._success())
+        truncated = (not success) and self.t >= self.max_steps
+        return self.observation(), float(success), success, truncated, {"success": success}
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers.clear()

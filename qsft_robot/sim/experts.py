@@ -1,0 +1,124 @@
+"""Scripted experts with a quality knob: the source of mixed-quality offline data.
+
+Quality degrades the way real logs do: per-step action noise, whole episodes that go for the wrong
+object, and episodes where the operator stops early. That mix is what Q-SFT should see through.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsft_robot.sim.arm import BLOCK_HALF, BLOCKS, ArmTask
+from qsft_robot.sim.base import CONES, BaseTask
+
+
+@dataclass(frozen=True)
+class Quality:
+    noise: float = 0.0          # std of Gaussian action noise (action units, actions in [-1, 1])
+    wrong_target: float = 0.0   # probability an episode goes for another object
+    early_stop: float = 0.0     # probability the expert freezes part-way through the episode
+
+    @classmethod
+    def preset(cls, name: str) -> "Quality":
+        presets = {"expert": cls(0.05, 0.0, 0.0), "mixed": cls(0.3, 0.45, 0.2), "poor": cls(0.6, 0.7, 0.3)}
+        if name not in presets:
+            raise ValueError(f"unknown quality {name!r}; choose from {sorted(presets)}")
+        return presets[name]
+
+
+class ScriptedExpert:
+    """Privileged controller (reads the sim state), degraded by `quality`."""
+
+    def __init__(self, env, quality: Quality | str = "expert", seed: int = 0):
+        self.env = env
+        self.quality = Quality.preset(quality) if isinstance(quality, str) else quality
+        self.rng = np.random.default_rng(seed)
+        self.aim = ""
+        self.aim_goal = ""
+        self.stop_at = None
+        self.phase = 0
+
+    def reset(self) -> dict:
+        """Call after env.reset(); returns the episode's degradation (recorded for analysis)."""
+        q, env = self.quality, self.env
+        names = BLOCKS if isinstance(env, ArmTask) else CONES
+        self.aim, self.aim_goal = env.target, getattr(env, "goal", "")
+        wrong = self.rng.random() < q.wrong_target
+        if wrong:
+            self.aim = self.rng.choice([n for n in names if n != env.target])
+        self.stop_at = int(self.rng.integers(2, max(3, env.max_steps // 2))) if self.rng.random() < q.early_stop else None
+        self.phase = 0
+        return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None}
+
+    def act(self) -> np.ndarray:
+        env = self.env
+        if self.stop_at is not None and env.t >= self.stop_at:
+            a = np.zeros(env.action_dim)
+            if isinstance(env, ArmTask):
+                a[3] = 1.0 if env.gripped else -1.0
+            return a
+        a = self._arm() if isinstance(env, ArmTask) else self._base()
+        a = a + self.rng.normal(0.0, self.quality.noise, size=a.shape) * (np.arange(a.size) < 3)
+        return np.clip(a, -1.0, 1.0)
+
+    # ---- arm ---------------------------------------------------------------------------------
+    def _move(self, goal: np.ndarray) -> np.ndarray:
+        return np.clip((goal - self.env.hand_pos) / self.env.max_delta, -1.0, 1.0)
+
+    def _arm(self) -> np.ndarray:
+        env: ArmTask = self.env
+        hand, tgt = env.hand_pos, env.block_pos(self.aim)
+        grip = -1.0
+        if env.kind == "reach":
+            return np.append(self._move(tgt + [0, 0, 0.03]), grip)
+        if env.kind == "push":
+            goal = env.block_pos(self.aim_goal)
+            direction = (goal[:2] - tgt[:2]) / (np.linalg.norm(goal[:2] - tgt[:2]) + 1e-9)
+            behind = np.append(tgt[:2] - 0.05 * direction, BLOCK_HALF)
+            if self.phase == 0:
+                above = behind + [0, 0, 0.08]
+                if np.linalg.norm(hand[:2] - above[:2]) < 0.01:
+                    self.phase = 1
+                return np.append(self._move(above), grip)
+            if self.phase == 1:
+                if abs(hand[2] - behind[2]) < 0.01:
+                    self.phase = 2
+                return np.append(self._move(behind), grip)
+            push_to = np.append(goal[:2] - 0.03 * direction, BLOCK_HALF)
+            return np.append(self._move(push_to), grip)
+        # pick and place
+        goal = env.block_pos(self.aim_goal)
+        if self.phase == 0:  # above the block
+            if np.linalg.norm(hand[:2] - tgt[:2]) < 0.008:
+                self.phase = 1
+            return np.append(self._move(np.append(tgt[:2], 0.1)), -1.0)
+        if self.phase == 1:  # descend
+            if hand[2] - tgt[2] < 0.006:
+                self.phase = 2
+            return np.append(self._move(tgt), -1.0)
+        if self.phase == 2:  # close, lift
+            if env.gripped is None:
+                return np.append(np.zeros(3), 1.0)
+            if hand[2] > 0.09:
+                self.phase = 3
+            return np.append(self._move(np.append(hand[:2], 0.12)), 1.0)
+        if self.phase == 3:  # over the goal block
+            if np.linalg.norm(hand[:2] - goal[:2]) < 0.008:
+                self.phase = 4
+            return np.append(self._move(np.append(goal[:2], 0.12)), 1.0)
+        if self.phase == 4:  # lower onto it, release
+            if hand[2] < goal[2] + 2 * BLOCK_HALF + 0.012:
+                self.phase = 5
+            return np.append(self._move(goal + [0, 0, 2 * BLOCK_HALF + 0.008]), 1.0)
+        return np.append(self._move(np.append(hand[:2], 0.12)), -1.0)
+
+    # ---- base --------------------------------------------------------------------------------
+    def _base(self) -> np.ndarray:
+        env: BaseTask = self.env
+        x, y, yaw = env.pose
+        dx, dy = env.cone_pos(self.aim) - [x, y]
+        bearing = (np.arctan2(dy, dx) - yaw + np.pi) % (2 * np.pi) - np.pi
+        w = np.clip(2.0 * bearing / env.max_ang, -1, 1)
+        v = np.clip(np.hypot(dx, dy), 0, 1) * max(0.0, np.cos(bearing)) ** 4
+        return np.array([v, w])

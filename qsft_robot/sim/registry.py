@@ -1,0 +1,20 @@
+"""Task names used by configs and the CLI."""
+from __future__ import annotations
+
+TASKS = {
+    "arm_reach": ("arm", {"kind": "reach"}),
+    "arm_push": ("arm", {"kind": "push"}),
+    "arm_pick_place": ("arm", {"kind": "pick_place"}),
+    "base_goto": ("base", {}),
+}
+
+
+def make_task(name: str, **kw):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {sorted(TASKS)}")
+    family, defaults = TASKS[name]
+    if family == "arm":
+        from qsft_robot.sim.arm import ArmTask
+        return ArmTask(**{**defaults, **kw})
+    from qsft_robot.sim.base import BaseTask
+    return BaseTask(**{**defaults, **kw})

@@ -1,0 +1,179 @@
+"""A small episodic MDP whose actions are token sequences, and exact dynamic programming on it.
+
+Used by the tabular correctness test of Q-SFT: the learned lookup tables must reach the fixed point
+p* computed here, independently of the training code (numpy only, no qsft_robot imports).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class TokenMDP:
+    """S env states, actions a = (b1, b2) with D = 2 token dims of B bins each.
+
+    outcome probabilities per (s, b1, b2): success (reward 1, terminal), failure (absorbing, reward 0,
+    terminal) and continue to s' (reward 0). Behaviour: pi1[s, b1], pi2[s, b1, b2] (token-level).
+    """
+    num_states: int
+    num_bins: int
+    p_success: np.ndarray   # (S, B, B)
+    p_fail: np.ndarray      # (S, B, B)
+    p_next: np.ndarray      # (S, B, B, S) unnormalised share of the rest
+    start: np.ndarray       # (S,)
+    pi1: np.ndarray         # (S, B)
+    pi2: np.ndarray         # (S, B, B)
+    gamma: float = 0.9
+
+    # token state ids: first dim -> s ; second dim -> S + s * B + b1
+    @property
+    def num_token_states(self) -> int:
+        return self.num_states + self.num_states * self.num_bins
+
+    def tok2(self, s, b1):
+        return self.num_states + s * self.num_bins + b1
+
+    def behaviour_table(self) -> np.ndarray:
+        S, B = self.num_states, self.num_bins
+        table = np.zeros((self.num_token_states, B))
+        table[:S] = self.pi1
+        table[S:] = self.pi2.reshape(S * B, B)
+        return table
+
+    def continue_probs(self) -> np.ndarray:
+        rest = 1.0 - self.p_success - self.p_fail
+        return rest[..., None] * self.p_next / self.p_next.sum(-1, keepdims=True)
+
+
+def random_mdp(seed: int, num_states=4, num_bins=3, behaviour="random", gamma=0.9) -> TokenMDP:
+    """Each state has one good action (likely success), several poor ones (likely absorbing failure)."""
+    rng = np.random.default_rng(seed)
+    S, B = num_states, num_bins
+    p_success = rng.uniform(0.0, 0.1, size=(S, B, B))
+    p_fail = rng.uniform(0.0, 0.3, size=(S, B, B))
+    good = rng.integers(0, B, size=(S, 2))
+    poor = rng.integers(0, B, size=(S, 2))
+    for s in range(S):
+        p_success[s, good[s, 0], good[s, 1]] = 0.7
+        p_fail[s, good[s, 0], good[s, 1]] = 0.0
+        if tuple(poor[s]) != tuple(good[s]):
+            p_fail[s, poor[s, 0], poor[s, 1]] = 0.8
+            p_success[s, poor[s, 0], poor[s, 1]] = 0.0
+    p_next = rng.uniform(0.1, 1.0, size=(S, B, B, S))
+    start = rng.dirichlet(np.ones(S))
+    if behaviour == "random":
+        pi1 = rng.dirichlet(np.ones(B), size=S)
+        pi2 = rng.dirichlet(np.ones(B), size=(S, B))
+    elif behaviour == "diffuse":  # noisy scripted data: close to uniform
+        pi1 = rng.dirichlet(20 * np.ones(B), size=S)
+        pi2 = rng.dirichlet(20 * np.ones(B), size=(S, B))
+    elif behaviour == "peaked_poor":  # most mass on the poor action, little on the rest
+        pi1 = np.full((S, B), 0.1 / (B - 1))
+        pi2 = np.full((S, B, B), 0.1 / (B - 1))
+        for s in range(S):
+            pi1[s, poor[s, 0]] = 0.9
+            pi2[s, :, poor[s, 1]] = 0.9
+    else:
+        raise ValueError(behaviour)
+    return TokenMDP(S, B, p_success, p_fail, p_next, start, pi1, pi2, gamma)
+
+
+def sample_dataset(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 20) -> dict[str, np.ndarray]:
+    """Token transitions (state, action, reward, discount, next_state) from the behaviour policy.
+
+    Episodes longer than `horizon` are truncated: not terminal, so they bootstrap.
+    """
+    rng = np.random.default_rng(seed)
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    rows = []
+    for _ in range(episodes):
+        s = rng.choice(S, p=mdp.start)
+        for _t in range(horizon):
+            b1 = rng.choice(B, p=mdp.pi1[s])
+            b2 = rng.choice(B, p=mdp.pi2[s, b1])
+            probs = np.concatenate([[mdp.p_success[s, b1, b2], mdp.p_fail[s, b1, b2]], cont[s, b1, b2]])
+            o = rng.choice(S + 2, p=probs / probs.sum())
+            rows.append((s, b1, 0.0, 1.0, mdp.tok2(s, b1)))
+            if o == 0:
+                rows.append((mdp.tok2(s, b1), b2, 1.0, 0.0, 0))
+                break
+            if o == 1:
+                rows.append((mdp.tok2(s, b1), b2, 0.0, 0.0, 0))
+                break
+            s_next = o - 2
+            rows.append((mdp.tok2(s, b1), b2, 0.0, g, s_next))
+            s = s_next
+    arr = np.array(rows, dtype=np.float64)
+    return {"state": arr[:, 0].astype(np.int64), "action": arr[:, 1].astype(np.int64),
+            "reward": arr[:, 2], "discount": arr[:, 3], "next_state": arr[:, 4].astype(np.int64)}
+
+
+def q_star(mdp: TokenMDP, iters: int = 2000) -> np.ndarray:
+    """Token-level Q* by value iteration: (num_token_states, B)."""
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    q1 = np.zeros((S, B))
+    for _ in range(iters):
+        v = q1.max(-1)
+        q2 = mdp.p_success + g * (cont @ v)          # (S, B, B)
+        q1 = q2.max(-1)
+    out = np.zeros((mdp.num_token_states, B))
+    out[:S] = q1
+    out[S:] = q2.reshape(S * B, B)
+    return out
+
+
+def qsft_fixed_point(mdp: TokenMDP, leftover: str, eps: float = 1e-4, iters: int = 3000) -> np.ndarray:
+    """Exact fixed point p* of the expected Q-SFT update (DESIGN §2.4-2.5), true P and pi_beta.
+
+    Expected loss at token state x is minimised by p(c) = pi(c) w(c) + sum_{b != c} pi(b)(1-w(b))/(B-1)
+    (uniform) or p(c) = pi(c) w(c), p(dummy) = 1 - sum pi w (dummy); w is the expected clipped target.
+    """
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    pi = mdp.behaviour_table()
+    width = B + 1 if leftover == "dummy" else B
+    p = np.full((mdp.num_token_states, width), 1.0 / width)
+
+    def value(rows):  # max over supported bins of p/pi, per token state row
+        ratio = np.where(pi[rows] > eps, p[rows, :B] / np.maximum(pi[rows], eps), 0.0)
+        return ratio.max(-1)
+
+    for _ in range(iters):
+        w = np.zeros((mdp.num_token_states, B))
+        # first dim: deterministic next token state (s, b1), reward 0, discount 1
+        v2 = value(np.arange(S, mdp.num_token_states)).reshape(S, B)
+        w[:S] = np.clip(v2, 0, 1)
+        # last dim: success -> clip(1) = 1, failure -> 0, continue -> clip(gamma * V1(s'))
+        v1 = np.clip(g * value(np.arange(S)), 0, 1)
+        w[S:] = (mdp.p_success + cont @ v1).reshape(S * B, B)
+        if leftover == "uniform":
+            leak = (pi * (1 - w)).sum(-1, keepdims=True)
+            new = pi * w + (leak - pi * (1 - w)) / (B - 1)
+        else:
+            new = np.concatenate([pi * w, 1 - (pi * w).sum(-1, keepdims=True)], axis=1)
+        if np.abs(new - p).max() < 1e-12:
+            p = new
+            break
+        p = new
+    return p
+
+
+def expected_return(mdp: TokenMDP, tok_policy: np.ndarray) -> float:
+    """Exact discounted return from the start distribution of a token-level policy table (rows sum 1)."""
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    joint = tok_policy[:S, :, None] * tok_policy[S:].reshape(S, B, B)       # pi(b1, b2 | s)
+    r = (joint * mdp.p_success).sum((1, 2))
+    P = np.einsum("sab,sabt->st", joint, cont)
+    v = np.linalg.solve(np.eye(S) - g * P, r)
+    return float(mdp.start @ v)
+
+
+def greedy(table: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(table)
+    out[np.arange(len(table)), table.argmax(-1)] = 1.0
+    return out
