@@ -52,9 +52,9 @@ def build_tokenizer(extra_words=()):
     return fast
 
 
-def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 8,
-                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 256,
-                   text_layers: int = 4, seed: int = 0) -> Path:
+def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 16,
+                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 192,
+                   text_layers: int = 3, seed: int = 0) -> Path:
     """Build tokenizer + processor + LlavaForConditionalGeneration from config and save them."""
     import torch
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,

@@ -106,7 +106,7 @@ class ArmTask(MujocoTask):
         close = action[3] > 0
         if close and self.gripped is None:
             for c in BLOCKS:
-                if np.linalg.norm(self.block_pos(c) - pos) < 0.035:
+                if np.linalg.norm(self.block_pos(c) - pos) < 0.05:
                     self._grip(c)
                     break
         elif not close and self.gripped is not None:

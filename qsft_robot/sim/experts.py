@@ -85,8 +85,10 @@ class ScriptedExpert:
                 if abs(hand[2] - behind[2]) < 0.01:
                     self.phase = 2
                 return np.append(self._move(behind), grip)
-            push_to = np.append(goal[:2] - 0.03 * direction, BLOCK_HALF)
-            return np.append(self._move(push_to), grip)
+            contact = tgt[:2] - 0.04 * direction     # sphere touching the block's far side
+            if np.linalg.norm(hand[:2] - contact) > 0.03:  # slid off the line: approach again
+                self.phase = 0
+            return np.append(self._move(np.append(contact + 0.03 * direction, BLOCK_HALF)), grip)
         # pick and place
         goal = env.block_pos(self.aim_goal)
         if self.phase == 0:  # above the block
@@ -94,9 +96,9 @@ class ScriptedExpert:
                 self.phase = 1
             return np.append(self._move(np.append(tgt[:2], 0.1)), -1.0)
         if self.phase == 1:  # descend
-            if hand[2] - tgt[2] < 0.006:
+            if hand[2] - tgt[2] < 0.045:
                 self.phase = 2
-            return np.append(self._move(tgt), -1.0)
+            return np.append(self._move(tgt + [0, 0, 0.035]), -1.0)
         if self.phase == 2:  # close, lift
             if env.gripped is None:
                 return np.append(np.zeros(3), 1.0)
@@ -108,9 +110,10 @@ class ScriptedExpert:
                 self.phase = 4
             return np.append(self._move(np.append(goal[:2], 0.12)), 1.0)
         if self.phase == 4:  # lower onto it, release
-            if hand[2] < goal[2] + 2 * BLOCK_HALF + 0.012:
+            held = env.block_pos(env.gripped) if env.gripped else tgt
+            if held[2] < goal[2] + 2 * BLOCK_HALF + 0.01:
                 self.phase = 5
-            return np.append(self._move(goal + [0, 0, 2 * BLOCK_HALF + 0.008]), 1.0)
+            return np.append(self._move(hand + (goal + [0, 0, 2 * BLOCK_HALF + 0.005] - held)), 1.0)
         return np.append(self._move(np.append(hand[:2], 0.12)), -1.0)
 
     # ---- base --------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""Acting from a checkpoint (DESIGN §2.6): argmax_q (default), paper, sft.
+
+argmax_q is a behaviour-regularised greedy choice (p_theta ~ pi_beta * Q): it is deliberately not
+argmax Q*, so do not divide by pi_beta here.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from qsft_robot.data.action_tokenizer import ActionTokenizer
+from qsft_robot.models.vlm_adapter import VLMAdapter
+from qsft_robot.train.checkpoint import resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+MODES = ("argmax_q", "paper", "sft")
+
+
+class Policy:
+    def __init__(self, adapter: VLMAdapter, behavior_model=None, mode: str = "argmax_q", beta: float = 1.0,
+                 sample: bool = False, support_eps: float | None = None, use_cache: bool = True):
+        if mode not in MODES:
+            raise ValueError(f"unknown acting mode {mode!r}; choose from {MODES}")
+        self.adapter, self.behavior_model, self.mode = adapter, behavior_model, mode
+        self.beta, self.sample, self.support_eps, self.use_cache = beta, sample, support_eps, use_cache
+        self.generator = torch.Generator(device=adapter.device).manual_seed(0)
+
+    @property
+    def action_tokenizer(self) -> ActionTokenizer:
+        return self.adapter.action_tokenizer
+
+    def act_tokens(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:
+        return self.adapter.decode(images, instructions, states, mode=self.mode, behavior_model=self.behavior_model,
+                                   beta=self.beta, sample=self.sample, support_eps=self.support_eps,
+                                   use_cache=self.use_cache, generator=self.generator)
+
+    def act(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:
+        """(N, [cams,] H, W, 3) uint8 RGB -> (N, D) continuous actions (bin centres)."""
+        return self.action_tokenizer.decode(self.act_tokens(images, instructions, states))
+
+
+def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "cpu", **kw) -> Policy:
+    """Load a checkpoint folder (or a run folder: its newest valid checkpoint) for acting."""
+    ckpt = resolve_checkpoint(checkpoint)
+    cfg = yaml.safe_load((ckpt / "qsft_config.yaml").read_text())
+    tok = ActionTokenizer.load(ckpt / "action_tokenizer.json")  # never refit: decode with its own stats
+    model, processor = VLMAdapter.from_pretrained(ckpt / "model", device=device)
+    model.eval()
+    algo = cfg["algo"]["name"]
+    behavior = None
+    if (ckpt / "behavior" / "config.json").is_file():
+        from transformers import AutoModelForImageTextToText
+        behavior = AutoModelForImageTextToText.from_pretrained(ckpt / "behavior").to(device).eval()
+    mode = mode or ("argmax_q" if algo == "qsft" else "sft")
+    if algo != "qsft" and mode != "sft":
+        raise ValueError(f"checkpoint {ckpt} was trained with {algo}: only mode 'sft' applies")
+    leftover = cfg["algo"]["leftover"] if algo == "qsft" else "uniform"
+    adapter = VLMAdapter(model, processor, tok, use_state=cfg["model"]["use_state"], leftover=leftover)
+    logger.info("loaded %s policy from %s (mode %s)", algo, ckpt, mode)
+    return Policy(adapter, behavior_model=behavior, mode=mode, **kw)

@@ -1,0 +1,96 @@
+"""Episodes -> flat transition arrays for Q-SFT (obs_t, instruction, tokens_t, r_t, done_t, next index).
+
+Reward rules (recorded in the checkpoint): 'success' puts reward 1 on the last step of successful
+episodes (the paper's sparse setting); 'reward' uses next.reward rescaled so that discounted returns
+stay in [0, 1] (DESIGN §2.2). A truncated (time-limit) end is not terminal: it bootstraps; as logs
+carry no observation after the last action, it bootstraps from its own last frame.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsft_robot.data.action_tokenizer import ActionTokenizer
+from qsft_robot.data.episode import DatasetError, Episode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Transitions:
+    images: np.ndarray        # (N, cams, H, W, 3) uint8
+    state: np.ndarray | None  # (N, S)
+    instructions: list[str]
+    tokens: np.ndarray        # (N, D) int64
+    reward: np.ndarray        # (N,) float32
+    done: np.ndarray          # (N,) bool: true termination after this step
+    next_index: np.ndarray    # (N,) int64
+    episode: np.ndarray       # (N,) int64
+    reward_rule: str = "success"
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def choose_reward_rule(episodes: list[Episode], rule: str) -> str:
+    if rule != "auto":
+        return rule
+    if any(e.meta.get("has_success", True) for e in episodes) and any(e.success for e in episodes):
+        return "success"
+    if all(e.rewards is not None for e in episodes) and any(float(np.max(e.rewards)) > 0 for e in episodes):
+        return "reward"
+    raise DatasetError("cannot label rewards: no episode is marked successful and no rewards are logged; "
+                       "set data.reward (success | reward | python:module:function)")
+
+
+def label_rewards(ep: Episode, rule: str, gamma: float, r_max: float) -> np.ndarray:
+    T = len(ep)
+    if rule == "success":
+        r = np.zeros(T, np.float32)
+        r[-1] = float(ep.success)
+        return r
+    if rule == "reward":
+        return (np.asarray(ep.rewards, np.float32) * (1.0 - gamma) / max(r_max, 1e-8)).astype(np.float32)
+    if rule.startswith("python:"):
+        import importlib
+
+        _, mod, fn = rule.split(":", 2)
+        return np.asarray(getattr(importlib.import_module(mod), fn)(ep), np.float32)
+    raise DatasetError(f"unknown reward rule {rule!r}")
+
+
+def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma: float,
+                      reward_rule: str = "auto", cameras: list[str] | None = None) -> Transitions:
+    if not episodes:
+        raise DatasetError("no episodes")
+    rule = choose_reward_rule(episodes, reward_rule)
+    r_max = 1.0
+    if rule == "reward":
+        r_max = max(float(np.max(e.rewards)) for e in episodes)
+        logger.warning("dense rewards rescaled by (1 - gamma) / r_max = %.4g so returns lie in [0, 1]",
+                       (1 - gamma) / r_max)
+    cams = cameras or sorted(episodes[0].images)
+    imgs, states, instr, toks, rew, done, nxt, epi = [], [], [], [], [], [], [], []
+    start = 0
+    for e, ep in enumerate(episodes):
+        T = len(ep)
+        missing = [c for c in cams if c not in ep.images]
+        if missing:
+            raise DatasetError(f"episode {e}: cameras {missing} missing (has {sorted(ep.images)})")
+        imgs.append(np.stack([ep.images[c] for c in cams], axis=1))
+        if ep.state is not None:
+            states.append(ep.state)
+        instr += [ep.instruction] * T
+        toks.append(tokenizer.encode(ep.actions))
+        rew.append(label_rewards(ep, rule, gamma, r_max))
+        d = np.zeros(T, bool)
+        d[-1] = ep.terminated
+        done.append(d)
+        nxt.append(np.minimum(np.arange(start + 1, start + T + 1), start + T - 1))
+        epi.append(np.full(T, e))
+        start += T
+    state = np.concatenate(states).astype(np.float32) if len(states) == len(episodes) else None
+    return Transitions(np.concatenate(imgs), state, instr, np.concatenate(toks), np.concatenate(rew),
+                       np.concatenate(done), np.concatenate(nxt), np.concatenate(epi), rule)

@@ -1,0 +1,78 @@
+"""Atomic checkpoint folders (DESIGN §4): written to a temp folder, then renamed; keep-last-K;
+a corrupt latest checkpoint falls back to the previous one with a warning."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+logger = logging.getLogger(__name__)
+MARKER = "trainer_state.pt"
+
+
+class CheckpointError(FileNotFoundError):
+    pass
+
+
+def save_checkpoint(run_dir: Path, step: int, models: dict, processor, action_tokenizer, config: dict,
+                    trainer_state: dict, keep_last: int = 2) -> Path:
+    """models: name -> HF model saved as a subfolder ('model' is what acts; 'behavior', 'target')."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.tmp-", dir=ckpt_root))
+    try:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name)
+        processor.save_pretrained(tmp / "model")
+        action_tokenizer.save(tmp / "action_tokenizer.json")
+        (tmp / "qsft_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        torch.save(trainer_state, tmp / MARKER)  # written last: its presence marks a complete folder
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    logger.info("saved checkpoint %s", final)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    return torch.load(Path(ckpt) / MARKER, map_location="cpu", weights_only=False)
+
+
+def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """Newest checkpoint whose trainer state loads; older ones are tried when the newest is corrupt."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load_trainer_state(ckpt)
+            if not (ckpt / "model" / "config.json").is_file():
+                raise CheckpointError("model/config.json missing")
+            return ckpt, state
+        except Exception as e:  # a torn/corrupt file can raise many error types
+            logger.warning("checkpoint %s is unusable (%s); falling back to the previous one", ckpt, e)
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its newest valid checkpoint)."""
+    path = Path(path)
+    if (path / "model" / "config.json").is_file() and (path / "action_tokenizer.json").is_file():
+        return path
+    found = latest_valid_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no usable checkpoint at {path} (expected a step-* folder or a run folder "
+                              f"with checkpoints/step-*)")
+    return found[0]

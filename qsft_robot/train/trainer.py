@@ -1,0 +1,218 @@
+"""One training loop for Q-SFT and the BC baselines (DESIGN §2.3-2.5).
+
+Exact resume: batch indices come from an RNG seeded by (seed, step), so the data order is a pure
+function of the step and needs no saved loader state; model, target, behaviour, optimizer and
+scheduler states are restored from the last atomic checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss, token_rewards_discounts
+from qsft_robot.config import RunConfig, to_dict
+from qsft_robot.data.action_tokenizer import ActionTokenizer
+from qsft_robot.data.episode import DatasetError, Episode
+from qsft_robot.data.transitions import Transitions, build_transitions
+from qsft_robot.models.tiny_vlm import build_tiny_vlm, instruction_words
+from qsft_robot.models.vlm_adapter import VLMAdapter
+from qsft_robot.train.checkpoint import latest_valid_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "mean_p_data", "pi_entropy", "lr", "step_time"]
+
+
+def load_episodes(cfg: RunConfig) -> list[Episode]:
+    from qsft_robot.data.lerobot import read_lerobot
+
+    path = Path(cfg.data.path)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    if cfg.data.format == "hdf5" or path.suffix in (".h5", ".hdf5"):
+        from qsft_robot.data.hdf5_io import read_hdf5
+        return read_hdf5(path)
+    return read_lerobot(path, cameras=cfg.data.cameras or None)[0]
+
+
+def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokenizer: ActionTokenizer):
+    if cfg.model.preset == "tiny":
+        base = build_tiny_vlm(run_dir / "base_model", extra_words=instruction_words(e.instruction for e in episodes),
+                              image_size=cfg.model.image_size, seed=cfg.train.seed)
+    else:
+        base = Path(cfg.model.path)
+    model, processor = VLMAdapter.from_pretrained(base, dtype=getattr(torch, cfg.model.dtype))
+    VLMAdapter.add_action_vocab(model, processor, tokenizer, mapping=cfg.model.token_mapping)
+    return model, processor
+
+
+def _lr_lambda(cfg: RunConfig):
+    def f(step: int) -> float:
+        if step < cfg.train.warmup_steps:
+            return (step + 1) / max(1, cfg.train.warmup_steps)
+        if cfg.train.schedule == "constant":
+            return 1.0
+        prog = (step - cfg.train.warmup_steps) / max(1, cfg.train.steps - cfg.train.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, episodes: list[Episode] | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.out_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.train.seed)
+        episodes = episodes if episodes is not None else load_episodes(cfg)
+        if cfg.algo.name == "filtered_bc":
+            episodes = [e for e in episodes if e.success]
+            if not episodes:
+                raise DatasetError("filtered_bc: the dataset has no successful episodes")
+        all_actions = np.concatenate([e.actions for e in episodes])
+        self.tokenizer = ActionTokenizer.fit(all_actions, cfg.algo.num_bins,
+                                             {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()})
+        self.data: Transitions = build_transitions(episodes, self.tokenizer, cfg.algo.gamma, cfg.data.reward,
+                                                   cfg.data.cameras or None)
+        self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
+        self.qsft = cfg.algo.name == "qsft"
+        self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
+                                  leftover=cfg.algo.leftover)
+        if self.qsft:
+            self.behavior = copy.deepcopy(self.model)
+            self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
+            params = list(self.model.parameters()) + list(self.behavior.parameters())
+        else:  # BC baselines: the acting model *is* pi_beta
+            self.behavior = self.model
+            self.target = None
+            params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.step = 0
+        self._maybe_resume()
+
+    # ---- resume -------------------------------------------------------------------------------
+    def _maybe_resume(self) -> None:
+        found = latest_valid_checkpoint(self.run_dir)
+        if found is None:
+            return
+        ckpt, state = found
+        from safetensors.torch import load_file
+
+        def load(model, sub):
+            sd = load_file(str(next((ckpt / sub).glob("*.safetensors"))))
+            model.load_state_dict(sd, strict=False)
+        load(self.model, "model")
+        if self.qsft:
+            load(self.behavior, "behavior")
+            load(self.target, "target")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d", ckpt, self.step)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.cfg.train.seed, step])
+        return rng.integers(0, len(self.data), size=self.cfg.train.batch_size)
+
+    def _inputs(self, idx):
+        d = self.data
+        st = d.state[idx] if d.state is not None else None
+        return d.images[idx], [d.instructions[i] for i in idx], st
+
+    def compute_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        ad, d, D = self.adapter, self.data, self.adapter.num_dims
+        images, instr, state = self._inputs(idx)
+        tokens = torch.as_tensor(d.tokens[idx])
+        beh_logits = ad.teacher_forced_logits(self.behavior, images, instr, state, d.tokens[idx], with_dummy=False)
+        bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
+        stats = {"bc_loss": bc.item(), "pi_entropy": float(
+            -(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())}
+        if not self.qsft:
+            return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0,
+                        "mean_p_data": float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())}
+        q_logits = ad.teacher_forced_logits(self.model, images, instr, state, d.tokens[idx], with_dummy=True)
+        nidx = d.next_index[idx]
+        n_images, n_instr, n_state = self._inputs(nidx)
+        with torch.no_grad():
+            cur = ad.encode(images, instr, state, d.tokens[idx][:, :-1])
+            tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
+            nxt = ad.encode(n_images, n_instr, n_state, None)
+            tq_next = ad.action_logits(self.target, nxt, 1, with_dummy=True)[:, 0]
+            beh_next = ad.action_logits(self.behavior, nxt, 1, with_dummy=False)[:, 0]
+        r, disc = token_rewards_discounts(torch.as_tensor(d.reward[idx]), torch.as_tensor(d.done[idx]), D,
+                                          self.cfg.algo.gamma)
+        # next token state of dim i < D is (prompt, b^1..b^i): position i+1 of the same sequence
+        next_q = torch.cat([tq_cur[:, 1:], tq_next[:, None]], dim=1)
+        next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
+        w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
+                            r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps)
+        ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, self.cfg.algo.leftover)
+        frozen = self.cfg.algo.behavior == "frozen" and self.step >= self.cfg.algo.behavior_steps
+        pretraining = self.cfg.algo.behavior == "frozen" and self.step < self.cfg.algo.behavior_steps
+        loss = bc if pretraining else (ql if frozen else ql + bc)
+        p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
+        return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item()}
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        models = {"model": self.model}
+        if self.qsft:
+            models.update(behavior=self.behavior, target=self.target)
+        cfgd = to_dict(self.cfg)
+        cfgd["reward_rule"] = self.data.reward_rule
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+        return save_checkpoint(self.run_dir, self.step, models, self.processor, self.tokenizer, cfgd, state,
+                               keep_last=self.cfg.train.keep_last)
+
+    def train(self, stop_after: int | None = None) -> Path:
+        cfg = self.cfg
+        log_path = self.run_dir / "train_log.csv"
+        new_log = not log_path.exists() or self.step == 0
+        with open(log_path, "w" if new_log else "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+            if new_log:
+                writer.writeheader()
+            bar = tqdm(total=cfg.train.steps, initial=self.step, desc=f"train {cfg.algo.name}", unit="step")
+            last = None
+            while self.step < cfg.train.steps:
+                t0 = time.perf_counter()
+                self.model.train()
+                loss, stats = self.compute_loss(self.batch_indices(self.step))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.qsft:
+                    polyak_update(self.target, self.model, cfg.algo.polyak_alpha)
+                self.step += 1
+                row = {"step": self.step, "loss": loss.item(), "lr": self.scheduler.get_last_lr()[0],
+                       "step_time": time.perf_counter() - t0, **stats}
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    writer.writerow({k: row.get(k) for k in LOG_FIELDS})
+                    fh.flush()
+                    logger.info("step %d loss %.4f target %.3f p_data %.3f", self.step, row["loss"],
+                                row["mean_target"], row["mean_p_data"])
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+                bar.update(1)
+                if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                    last = self.checkpoint()
+                if stop_after is not None and self.step >= stop_after:
+                    break
+            bar.close()
+        return last if last is not None else self.checkpoint()
+
+
+def train(cfg: RunConfig, episodes: list[Episode] | None = None) -> Path:
+    return Trainer(cfg, episodes).train()
