@@ -103,11 +103,10 @@ class Trainer:
         if found is None:
             return
         ckpt, state = found
-        from safetensors.torch import load_file
-
         def load(model, sub):
-            sd = load_file(str(next((ckpt / sub).glob("*.safetensors"))))
-            model.load_state_dict(sd, strict=False)
+            # through from_pretrained: HF renames keys on save/load, so a raw state dict would not match
+            saved = type(model).from_pretrained(ckpt / sub, dtype=next(model.parameters()).dtype)
+            model.load_state_dict(saved.state_dict(), strict=True)
         load(self.model, "model")
         if self.qsft:
             load(self.behavior, "behavior")
@@ -134,8 +133,9 @@ class Trainer:
         tokens = torch.as_tensor(d.tokens[idx])
         beh_logits = ad.teacher_forced_logits(self.behavior, images, instr, state, d.tokens[idx], with_dummy=False)
         bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
-        stats = {"bc_loss": bc.item(), "pi_entropy": float(
-            -(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())}
+        with torch.no_grad():
+            entropy = float(-(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())
+        stats = {"bc_loss": bc.item(), "pi_entropy": entropy}
         if not self.qsft:
             return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0,
                         "mean_p_data": float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())}

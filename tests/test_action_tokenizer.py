@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qsft_robot.data.action_tokenizer import ActionTokenizer, InvalidActionError
+
+
+def test_round_trip_error_is_within_half_a_bin():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5000, 3)) * [0.1, 1.0, 5.0]
+    tok = ActionTokenizer.fit(a, num_bins=64)
+    inside = np.all((a >= tok.low) & (a <= tok.high), axis=1)
+    err = np.abs(tok.decode(tok.encode(a[inside])) - a[inside])
+    assert np.all(err <= tok.bin_widths / 2 + 1e-12)
+
+
+def test_out_of_range_values_clip_to_edge_bins():
+    tok = ActionTokenizer(low=[-1.0], high=[1.0], bins=[10])
+    assert tok.encode(np.array([[-5.0], [5.0]])).ravel().tolist() == [0, 9]
+
+
+def test_per_dim_bins_for_binary_gripper():
+    a = np.stack([np.linspace(-1, 1, 100), np.where(np.arange(100) % 2, 1.0, -1.0)], 1)
+    tok = ActionTokenizer.fit(a, num_bins=32, per_dim_bins={1: 2})
+    assert tok.bins == [32, 2]
+    assert set(tok.encode(a)[:, 1].tolist()) == {0, 1}
+    assert tok.bin_mask()[1].sum() == 2
+
+
+def test_nan_and_inf_raise_clear_error():
+    tok = ActionTokenizer(low=[0.0, 0.0], high=[1.0, 1.0], bins=[4, 4])
+    with pytest.raises(InvalidActionError, match="NaN/inf"):
+        tok.encode(np.array([[0.5, np.nan]]))
+    with pytest.raises(InvalidActionError, match="NaN/inf"):
+        ActionTokenizer.fit(np.array([[0.0], [np.inf]]))
+
+
+def test_save_load_round_trip(tmp_path):
+    tok = ActionTokenizer(low=[0.0, -2.0], high=[1.0, 2.0], bins=[8, 2], vocab_ids=list(range(100, 108)))
+    tok.save(tmp_path / "t.json")
+    back = ActionTokenizer.load(tmp_path / "t.json")
+    assert back == tok
+    with pytest.raises(FileNotFoundError):
+        ActionTokenizer.load(tmp_path / "missing.json")
+
+
+def test_vocab_mapping_added_and_least_used(tmp_path):
+    from qsft_robot.models.tiny_vlm import build_tokenizer
+
+    hf_tok = build_tokenizer()
+    n0 = len(hf_tok)
+    tok = ActionTokenizer(low=[0.0], high=[1.0], bins=[16])
+    tok.assign_vocab(hf_tok, mapping="added_tokens")
+    assert len(hf_tok) == n0 + 16 and hf_tok.convert_ids_to_tokens(tok.vocab_ids[3]) == "<act_3>"
+    counts = np.arange(len(hf_tok))[::-1].astype(float)  # last ids least used
+    tok2 = ActionTokenizer(low=[0.0], high=[1.0], bins=[4])
+    tok2.assign_vocab(hf_tok, mapping="least_used", token_counts=counts)
+    assert len(tok2.vocab_ids) == 4 and len(hf_tok) == n0 + 16
+    assert not set(tok2.vocab_ids) & set(hf_tok.all_special_ids)
