@@ -6,7 +6,6 @@ load what it writes, without importing it (it needs Python >= 3.12; see data/ler
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -248,7 +247,7 @@ def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str]
 
     root = Path(root)
     info = read_info(root)
-    version, fps = info["codebase_version"], float(info["fps"])
+    version = info["codebase_version"]
     feats = info["features"]
     cam_keys = [k for k, f in feats.items() if k.startswith("observation.image") and f["dtype"] in ("video", "image")]
     if cameras:
