@@ -83,3 +83,20 @@ def test_kv_cached_decode_equals_uncached_and_save_load_is_identical(tmp_path, e
     assert torch.equal(l1, l2)
     acts = pol2.act(imgs, instr, states)
     assert acts.shape == (len(episodes), 4) and np.isfinite(acts).all()
+
+
+def test_frozen_behavior_is_trained_first_then_cached(tmp_path, episodes):
+    tr = Trainer(cfg_for(tmp_path, steps=4, **{"algo.behavior": "frozen", "algo.behavior_steps": 2}), episodes)
+    theta0 = params(tr.model).clone()
+    tr.train(stop_after=2)
+    assert torch.equal(theta0, params(tr.model)), "theta must wait while pi_beta trains first"
+    phi_after_pretrain = params(tr.behavior).clone()
+    tr.train()
+    assert tr.pi_cache is not None and tr.pi_cache.shape[:2] == (len(tr.data), 4)
+    assert torch.equal(phi_after_pretrain, params(tr.behavior)), "frozen pi_beta must not change"
+    assert not torch.equal(theta0, params(tr.model))
+    # the cache holds exactly what the frozen model computes
+    idx = np.arange(3)
+    imgs, instr, st = tr._inputs(idx)
+    live = tr.adapter.teacher_forced_logits(tr.behavior, imgs, instr, st, tr.data.tokens[idx], with_dummy=False)
+    assert torch.allclose(live, tr.pi_cache[idx].float(), atol=2e-2)

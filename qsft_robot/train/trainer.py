@@ -95,6 +95,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.step = 0
+        self.pi_cache: torch.Tensor | None = None  # frozen pi_beta logits (N, D, B), fp16
         self._maybe_resume()
 
     # ---- resume -------------------------------------------------------------------------------
@@ -127,16 +128,38 @@ class Trainer:
         st = d.state[idx] if d.state is not None else None
         return d.images[idx], [d.instructions[i] for i in idx], st
 
+    @torch.no_grad()
+    def build_behavior_cache(self, batch_size: int = 64) -> torch.Tensor:
+        """Frozen pi_beta: its teacher-forced logits for every transition, computed once.
+
+        Row i holds pi_beta at (P_i, b_i^{1:d-1}) for each d; the cross-step target of i needs
+        pi_beta at the first dimension of P_{i+1}, which is row next_index[i], column 0.
+        """
+        self.behavior.eval().requires_grad_(False)
+        out = []
+        for start in tqdm(range(0, len(self.data), batch_size), desc="cache pi_beta", unit="batch"):
+            idx = np.arange(start, min(start + batch_size, len(self.data)))
+            images, instr, state = self._inputs(idx)
+            out.append(self.adapter.teacher_forced_logits(self.behavior, images, instr, state,
+                                                          self.data.tokens[idx], with_dummy=False).half())
+        logger.info("cached frozen pi_beta logits for %d transitions", len(self.data))
+        return torch.cat(out)
+
     def compute_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
         ad, d, D = self.adapter, self.data, self.adapter.num_dims
         images, instr, state = self._inputs(idx)
         tokens = torch.as_tensor(d.tokens[idx])
-        beh_logits = ad.teacher_forced_logits(self.behavior, images, instr, state, d.tokens[idx], with_dummy=False)
+        if self.pi_cache is not None:
+            beh_logits = self.pi_cache[idx].float()
+        else:
+            beh_logits = ad.teacher_forced_logits(self.behavior, images, instr, state, d.tokens[idx],
+                                                  with_dummy=False)
         bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
         with torch.no_grad():
             entropy = float(-(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())
         stats = {"bc_loss": bc.item(), "pi_entropy": entropy}
-        if not self.qsft:
+        behavior_first = self.cfg.algo.behavior == "frozen" and self.pi_cache is None
+        if not self.qsft or behavior_first:  # BC baselines, or pi_beta's own phase before it freezes
             return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0,
                         "mean_p_data": float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())}
         q_logits = ad.teacher_forced_logits(self.model, images, instr, state, d.tokens[idx], with_dummy=True)
@@ -147,7 +170,10 @@ class Trainer:
             tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
             nxt = ad.encode(n_images, n_instr, n_state, None)
             tq_next = ad.action_logits(self.target, nxt, 1, with_dummy=True)[:, 0]
-            beh_next = ad.action_logits(self.behavior, nxt, 1, with_dummy=False)[:, 0]
+            if self.pi_cache is not None:
+                beh_next = self.pi_cache[nidx, 0].float()
+            else:
+                beh_next = ad.action_logits(self.behavior, nxt, 1, with_dummy=False)[:, 0]
         r, disc = token_rewards_discounts(torch.as_tensor(d.reward[idx]), torch.as_tensor(d.done[idx]), D,
                                           self.cfg.algo.gamma)
         # next token state of dim i < D is (prompt, b^1..b^i): position i+1 of the same sequence
@@ -156,11 +182,13 @@ class Trainer:
         w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
                             r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps)
         ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, self.cfg.algo.leftover)
-        frozen = self.cfg.algo.behavior == "frozen" and self.step >= self.cfg.algo.behavior_steps
-        pretraining = self.cfg.algo.behavior == "frozen" and self.step < self.cfg.algo.behavior_steps
-        loss = bc if pretraining else (ql if frozen else ql + bc)
+        loss = ql if self.pi_cache is not None else ql + bc
         p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
         return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item()}
+
+    def frozen_behavior_due(self) -> bool:
+        a = self.cfg.algo
+        return self.qsft and a.behavior == "frozen" and self.pi_cache is None and self.step >= a.behavior_steps
 
     # ---- loop ---------------------------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -185,6 +213,8 @@ class Trainer:
             bar = tqdm(total=cfg.train.steps, initial=self.step, desc=f"train {cfg.algo.name}", unit="step")
             last = None
             while self.step < cfg.train.steps:
+                if self.frozen_behavior_due():
+                    self.pi_cache = self.build_behavior_cache()
                 t0 = time.perf_counter()
                 self.model.train()
                 loss, stats = self.compute_loss(self.batch_indices(self.step))

@@ -1,0 +1,258 @@
+"""The policy node over real ROS 2 (rclpy from the ros-kilted wheels, Fast DDS on loopback).
+
+Node, sim bridge and this test run in separate processes; the node is started the way the launch
+file starts it: `--ros-args --params-file config/<profile>.yaml` plus parameter overrides.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "ros2_ws" / "src" / "qsft_robot"
+os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)  # unique per test run
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
+from geometry_msgs.msg import Twist  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+
+from qsft_robot.ros.image_conv import rgb_to_image_fields  # noqa: E402
+
+
+def node_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PKG), str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start(module, params_file=None, **params):
+    cmd = [sys.executable, "-m", f"qsft_robot_ros.{module}", "--ros-args"]
+    if params_file:
+        cmd += ["--params-file", str(params_file)]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"]
+    return subprocess.Popen(cmd, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+class Probe:
+    """Test-side node: publishes images/e-stop/instructions, records what comes back with times."""
+
+    def __init__(self):
+        if not rclpy.ok():
+            rclpy.init()
+        self.node = rclpy.create_node(f"probe_{os.getpid()}_{time.monotonic_ns()}")
+        self.msgs: dict[str, list] = {"/qsft/preview": [], "/cmd_vel": [], "/qsft/status": [], "/sim/status": []}
+        for topic in ("/qsft/preview", "/cmd_vel"):
+            self.node.create_subscription(Twist, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
+        for topic in ("/qsft/status", "/sim/status"):
+            self.node.create_subscription(
+                String, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), json.loads(m.data))), 50)
+        self.img_pub = self.node.create_publisher(Image, "/camera/image_raw", 10)
+        self.estop_pub = self.node.create_publisher(Bool, "/qsft/estop", 10)
+        self.instr_pub = self.node.create_publisher(String, "/qsft/instruction", 10)
+        self.executor = rclpy.executors.SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def publish_image(self, rgb=None, **override):
+        img = np.zeros((64, 64, 3), np.uint8) if rgb is None else rgb
+        f = {**rgb_to_image_fields(img), **override}
+        self.img_pub.publish(Image(encoding=f["encoding"], height=f["height"], width=f["width"], step=f["step"],
+                                   data=f["data"]))
+
+    def stream(self, seconds, hz=20, rgb=None):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.publish_image(rgb)
+            time.sleep(1.0 / hz)
+
+    def wait_for(self, topic, pred=lambda m: True, timeout=20.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(pred(m) for _, m in self.msgs[topic]):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+RED = np.zeros((64, 64, 3), np.uint8)
+RED[20:44, 24:40] = (230, 25, 25)
+
+
+@pytest.fixture
+def probe():
+    p = Probe()
+    yield p
+    p.close()
+
+
+def base_node(**kw):
+    params = {"policy": "color_seek", "instruction": "drive to the red cone", "control_hz": 10.0}
+    params.update(kw)
+    return start("policy_node", PKG / "config" / "base.yaml", **params)
+
+
+def test_dry_run_publishes_at_control_rate_only_on_preview(probe):
+    node = base_node()
+    try:
+        assert probe.wait_for("/qsft/status", timeout=30), "node did not come up"
+        t0 = time.monotonic()
+        probe.stream(4.0, rgb=RED)
+        window = [m for t, m in probe.msgs["/qsft/preview"] if t > t0 + 1.0]
+        rate = len(window) / 3.0
+        assert 6.0 <= rate <= 13.0, f"preview rate {rate:.1f} Hz, configured 10 Hz"
+        assert any(m.linear.x > 0.1 for m in window), "policy should drive toward the red blob"
+        assert probe.msgs["/cmd_vel"] == [], "dry run must not publish on the command topic"
+        status = probe.msgs["/qsft/status"][-1][1]
+        assert status["state"] == "running" and status["actuating"] is False
+    finally:
+        out = stop(node)
+    assert "dry run" in out
+
+
+def test_watchdog_stops_on_stale_camera_and_estop_latches(probe):
+    node = base_node(max_image_age=0.3)
+    try:
+        assert probe.wait_for("/qsft/status", timeout=30)
+        probe.stream(2.0, rgb=RED)
+        assert any(m.linear.x > 0.1 for _, m in probe.msgs["/qsft/preview"])
+        t_stop = time.monotonic()
+        time.sleep(1.5)  # camera goes silent
+        late = [m for t, m in probe.msgs["/qsft/preview"] if t > t_stop + 0.6]
+        assert late and all(m.linear.x == 0.0 and m.angular.z == 0.0 for m in late)
+        assert probe.msgs["/qsft/status"][-1][1]["state"] == "stale"
+        probe.estop_pub.publish(Bool(data=True))
+        time.sleep(0.5)
+        t_e = time.monotonic()
+        probe.stream(1.5, rgb=RED)  # fresh frames do not release a latched e-stop
+        after = [m for t, m in probe.msgs["/qsft/preview"] if t > t_e + 0.3]
+        assert after and all(m.linear.x == 0.0 and m.angular.z == 0.0 for m in after)
+        assert probe.msgs["/qsft/status"][-1][1]["state"] == "estop"
+    finally:
+        stop(node)
+
+
+def test_malformed_images_are_counted_and_skipped(probe):
+    node = base_node()
+    try:
+        assert probe.wait_for("/qsft/status", timeout=30)
+        probe.publish_image(encoding="yuv422")
+        probe.publish_image(step=10)
+        probe.publish_image(height=0, width=0, step=0, data=b"")
+        time.sleep(0.5)
+        probe.stream(1.5, rgb=RED)
+        assert probe.wait_for("/qsft/status", lambda s: s["malformed"] >= 3 and s["actions"] > 0, timeout=10)
+        assert node.poll() is None, "node must keep running"
+    finally:
+        out = stop(node)
+    assert "malformed image skipped" in out
+
+
+def test_clean_shutdown_publishes_a_stop(probe):
+    node = base_node(enable_actuation=True)
+    try:
+        assert probe.wait_for("/qsft/status", timeout=30)
+        probe.stream(1.5, rgb=RED)
+        assert any(m.linear.x > 0.1 for _, m in probe.msgs["/cmd_vel"])
+    finally:
+        node.send_signal(2)  # SIGINT, as ros2 launch does on Ctrl-C
+        node.communicate(timeout=10)
+    time.sleep(0.5)
+    last = probe.msgs["/cmd_vel"][-1][1]
+    assert last.linear.x == 0.0 and last.angular.z == 0.0
+
+
+def test_sim_bridge_and_node_reach_the_goal(probe, report):
+    bridge = start("sim_bridge", task="base_goto", seed=3, rate_hz=10.0, max_steps=400)
+    node = None
+    try:
+        assert probe.wait_for("/sim/status", timeout=30), "sim bridge did not come up"
+        instruction = probe.msgs["/sim/status"][-1][1]["instruction"]
+        node = base_node(enable_actuation=True, instruction=instruction, control_hz=10.0, max_image_age=1.0)
+        t0 = time.monotonic()
+        ok = probe.wait_for("/sim/status", lambda s: s["success"], timeout=90)
+        last = probe.msgs["/sim/status"][-1][1]
+        report(f"ROS loop (sim bridge + policy node, color_seek) '{instruction}': success={ok} "
+               f"after {last['t']} sim steps, {time.monotonic() - t0:.1f}s")
+        assert ok, f"did not reach the goal: {last}"
+    finally:
+        if node is not None:
+            stop(node)
+        stop(bridge)
+
+
+def test_node_runs_a_trained_checkpoint(tmp_path, probe):
+    from qsft_robot.config import load_config
+    from qsft_robot.sim.collect import collect_episodes
+    from qsft_robot.train.trainer import train
+
+    eps = collect_episodes("base_goto", 4, "mixed", seed=0, image_size=64)
+    ckpt = train(load_config(None, [f"train.out_dir={tmp_path / 'run'}", "train.steps=1", "train.batch_size=4",
+                                    "algo.num_bins=16"]), eps)
+    node = base_node(policy="checkpoint", checkpoint=str(ckpt), device="cpu", control_hz=5.0, max_image_age=2.0)
+    try:
+        assert probe.wait_for("/qsft/status", timeout=60)
+        probe.stream(3.0, hz=10, rgb=RED)
+        assert probe.wait_for("/qsft/status", lambda s: s["actions"] >= 3, timeout=20)
+        status = probe.msgs["/qsft/status"][-1][1]
+        assert status["latency_ms"] > 0
+        cmds = [m for _, m in probe.msgs["/qsft/preview"]]
+        assert all(abs(m.linear.x) <= 0.5 + 1e-9 and abs(m.angular.z) <= 1.5 + 1e-9 for m in cmds)
+    finally:
+        stop(node)
+
+
+def test_package_metadata_and_launch_file():
+    root = ET.parse(PKG / "package.xml").getroot()
+    assert root.get("format") == "3" and root.findtext("name") == "qsft_robot"
+    assert root.find("export/build_type").text == "ament_python"
+    assert (PKG / "resource" / "qsft_robot").is_file()
+    setup = (PKG / "setup.py").read_text()
+    for entry in ("policy_node = qsft_robot_ros.policy_node:main", "sim_bridge = qsft_robot_ros.sim_bridge:main"):
+        assert entry in setup
+    assert "script_dir=$base/lib/qsft_robot" in (PKG / "setup.cfg").read_text()
+    assert not (PKG / "qsft_robot").exists(), "the node module must not shadow the core library"
+    launch = (PKG / "launch" / "policy.launch.py").read_text()
+    ast.parse(launch)
+    assert 'executable="policy_node"' in launch and 'package="qsft_robot"' in launch
+
+
+def test_params_files_load_and_match_the_node():
+    sys.path.insert(0, str(PKG))
+    import qsft_robot_ros.policy_node as pn
+
+    for profile in ("arm", "base"):
+        params = yaml.safe_load((PKG / "config" / f"{profile}.yaml").read_text())["qsft_policy"]["ros__parameters"]
+        assert set(params) <= set(pn.PARAMS), set(params) - set(pn.PARAMS)
+        assert params["enable_actuation"] is False
+        assert pn.resolve_profile(params["robot_profile"]).is_file()
