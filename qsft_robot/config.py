@@ -42,6 +42,8 @@ class DataConfig:
     format: str = "auto"            # auto | lerobot | hdf5
     reward: str = "auto"            # auto | success | reward | python:module:function
     cameras: list = field(default_factory=list)  # empty: all cameras in the dataset
+    instruction: str = ""           # for logs without language (ALOHA HDF5)
+    drop_nonfinite: bool = False    # drop frames with NaN/inf actions (counted in the log) instead of failing
 
 
 @dataclass

@@ -54,12 +54,63 @@ def write_robomimic(episodes: list[Episode], path: str | Path, env_name: str = "
     return path
 
 
-def read_hdf5(path: str | Path, split: str | None = None, image_keys: list[str] | None = None,
-              state_key: str = "robot_state", instruction: str | None = None) -> list[Episode]:
-    """robomimic layout; `image_keys` maps obs keys to cameras (default: every obs/*_image)."""
+def read_hdf5(path: str | Path, **kw) -> list[Episode]:
+    """robomimic file, ALOHA episode file, or a folder of ALOHA episode_*.hdf5 files."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.hdf5")) + sorted(path.glob("*.h5"))
+        if not files:
+            raise DatasetError(f"{path}: no .hdf5 files in folder")
+        return [ep for f in files for ep in read_aloha(f, **kw)]
     if not path.is_file():
         raise DatasetError(f"{path}: HDF5 file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            aloha = "observations" in f and "action" in f
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
+    return read_aloha(path, **kw) if aloha else read_robomimic(path, **kw)
+
+
+def read_aloha(path: str | Path, instruction: str = "", success: bool = True, image_keys: list[str] | None = None,
+               state_key: str = "observations/qpos", action_key: str = "action", **_) -> list[Episode]:
+    """ALOHA/ACT episode file: /observations/images/<cam>, /observations/qpos, /action.
+
+    The JPEG variant (root attr compress=True) stores each frame as zero-padded encoded bytes; ACT
+    encodes the RGB array as-is, so decoded arrays keep that channel order. ALOHA logs carry neither
+    an instruction nor a success flag: both come from the caller (demonstrations default to success).
+    """
+    import cv2
+
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        for key in (action_key, "observations/images"):
+            if key not in f:
+                raise DatasetError(f"{path}: missing '{key}' (ALOHA layout)")
+        compressed = bool(f.attrs.get("compress", False))
+        cams = image_keys or sorted(f["observations/images"].keys())
+        images = {}
+        for cam in cams:
+            if cam not in f["observations/images"]:
+                raise DatasetError(f"{path}: missing camera 'observations/images/{cam}'")
+            raw = f["observations/images"][cam][()]
+            if compressed:
+                frames = [cv2.imdecode(row, cv2.IMREAD_COLOR) for row in raw]
+                if any(fr is None for fr in frames):
+                    raise DatasetError(f"{path}: undecodable JPEG frame in camera '{cam}'")
+                raw = np.stack(frames)
+            images[cam] = raw
+        state = f[state_key][()].astype(np.float32) if state_key in f else None
+        ep = Episode(images=images, actions=f[action_key][()].astype(np.float32), instruction=instruction,
+                     state=state, success=success, terminated=success, meta={"file": str(path), "has_success": False})
+    ep.validate(str(path))
+    return [ep]
+
+
+def read_robomimic(path: str | Path, split: str | None = None, image_keys: list[str] | None = None,
+                   state_key: str = "robot_state", instruction: str | None = None, **_) -> list[Episode]:
+    """robomimic layout; `image_keys` maps obs keys to cameras (default: every obs/*_image)."""
+    path = Path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -108,8 +109,9 @@ def _write_v30(episodes, root: Path, fps, robot_type, crf):
     meta = root / "meta"
     (meta / "episodes" / "chunk-000").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(ep_rows), meta / "episodes" / "chunk-000" / "file-000.parquet")
-    pq.write_table(pa.table({"task_index": list(range(len(tasks))), "__index_level_0__": tasks}),
-                   meta / "tasks.parquet")
+    # upstream reads this with pandas and looks tasks up by the DataFrame index: write it that way
+    pd.DataFrame({"task_index": list(range(len(tasks)))}, index=pd.Index(tasks, name="task")).to_parquet(
+        meta / "tasks.parquet")
     features = {
         "action": {"dtype": "float32", "shape": [D], "names": [f"a{i}" for i in range(D)]},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -179,7 +181,11 @@ def _tasks(root: Path, info: dict) -> dict[int, str]:
     if info["codebase_version"] == "v3.0":
         t = _read_parquet(root / "meta" / "tasks.parquet")
         cols = t.column_names
-        name_col = "__index_level_0__" if "__index_level_0__" in cols else ("task" if "task" in cols else cols[-1])
+        # pandas writes the task-string index as a column named 'task' or '__index_level_0__'
+        name_col = next((c for c in ("task", "__index_level_0__") if c in cols),
+                        next((c for c in cols if c != "task_index"), None))
+        if name_col is None:
+            raise DatasetError(f"{root / 'meta' / 'tasks.parquet'}: no task text column")
         return dict(zip(t.column("task_index").to_pylist(), t.column(name_col).to_pylist()))
     out = {}
     for line in (root / "meta" / "tasks.jsonl").read_text().splitlines():

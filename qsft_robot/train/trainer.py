@@ -38,8 +38,8 @@ def load_episodes(cfg: RunConfig) -> list[Episode]:
         raise DatasetError(f"dataset not found: {path}")
     if cfg.data.format == "hdf5" or path.suffix in (".h5", ".hdf5"):
         from qsft_robot.data.hdf5_io import read_hdf5
-        return read_hdf5(path)
-    return read_lerobot(path, cameras=cfg.data.cameras or None)[0]
+        return read_hdf5(path, instruction=cfg.data.instruction)
+    return read_lerobot(path, cameras=cfg.data.cameras or None, drop_nonfinite=cfg.data.drop_nonfinite)[0]
 
 
 def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokenizer: ActionTokenizer):

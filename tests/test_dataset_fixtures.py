@@ -1,0 +1,104 @@
+"""Our readers on datasets laid out exactly as upstream tools write them (tests/lerobot_fixtures.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lerobot_fixtures import build_aloha, build_v21, build_v30
+from qsft_robot.data.episode import DatasetError
+from qsft_robot.data.hdf5_io import read_hdf5
+from qsft_robot.data.lerobot import read_lerobot
+
+
+def close(a, b, tol=4.0):
+    return np.abs(a.astype(int) - b.astype(int)).mean() < tol
+
+
+@pytest.mark.parametrize("images", ["video", "image"])
+def test_v21(tmp_path, images):
+    truth = build_v21(tmp_path / "ds", images=images)
+    eps, info = read_lerobot(tmp_path / "ds")
+    assert info["codebase_version"] == "v2.1" and len(eps) == 2
+    for ep, (acts, imgs, task) in zip(eps, truth):
+        np.testing.assert_array_equal(ep.actions, acts)
+        np.testing.assert_array_equal(ep.state, acts * 2)
+        assert ep.instruction == task
+        if images == "image":
+            np.testing.assert_array_equal(ep.images["top"], imgs)  # PNG is lossless
+        else:
+            assert close(ep.images["top"], imgs)
+
+
+def test_v30_packed_episodes_are_found_by_timestamp(tmp_path):
+    truth = build_v30(tmp_path / "ds")
+    eps, _ = read_lerobot(tmp_path / "ds")
+    assert len(eps) == 3
+    for ep, (acts, imgs, task, success) in zip(eps, truth):
+        np.testing.assert_array_equal(ep.actions, acts)
+        assert close(ep.images["top"], imgs) and ep.instruction == task and ep.success == success
+        # each episode's frames, not a neighbour's: the per-episode colours differ strongly
+        assert np.abs(ep.images["top"].astype(int) - imgs.astype(int)).mean() < \
+            np.abs(ep.images["top"].astype(int) - np.roll(imgs, 1, 0).astype(int)).mean() + 1
+
+
+def test_frame_outside_tolerance_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    build_v30(tmp_path / "ds")
+    p = tmp_path / "ds/meta/episodes/chunk-000/file-000.parquet"
+    rows = pq.read_table(p).to_pylist()
+    rows[2]["videos/observation.images.top/from_timestamp"] += 5.0  # past the end of the video
+    pq.write_table(pa.Table.from_pylist(rows), p)
+    with pytest.raises(DatasetError, match="episode 2.*tolerance"):
+        read_lerobot(tmp_path / "ds")
+
+
+def test_mismatched_episode_length_is_named(tmp_path):
+    build_v21(tmp_path / "ds")
+    p = tmp_path / "ds/meta/episodes.jsonl"
+    lines = p.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["length"] += 3
+    lines[1] = json.dumps(row)
+    p.write_text("\n".join(lines))
+    with pytest.raises(DatasetError, match="episode 1: metadata says 10 frames"):
+        read_lerobot(tmp_path / "ds")
+
+
+def test_nan_frames_dropped_with_count_when_opted_in(tmp_path, caplog):
+    import pyarrow.parquet as pq
+
+    build_v21(tmp_path / "ds", images="image")
+    p = tmp_path / "ds/data/chunk-000/episode_000001.parquet"
+    t = pq.read_table(p).to_pydict()
+    t["action"][3] = [float("nan")] * 3
+    import pyarrow as pa
+    pq.write_table(pa.table(t, schema=pq.read_schema(p)), p)
+    with pytest.raises(DatasetError, match="episode 1.*NaN"):
+        read_lerobot(tmp_path / "ds")
+    eps, _ = read_lerobot(tmp_path / "ds", drop_nonfinite=True)
+    assert len(eps[1]) == 6 and "dropped 1 frames" in caplog.text
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_aloha(tmp_path, compress):
+    imgs, qpos, action = build_aloha(tmp_path / "episode_0.hdf5", compress=compress)
+    build_aloha(tmp_path / "episode_1.hdf5", compress=compress)
+    eps = read_hdf5(tmp_path, instruction="fold the towel")
+    assert len(eps) == 2 and eps[0].instruction == "fold the towel"
+    np.testing.assert_array_equal(eps[0].actions, action)
+    np.testing.assert_array_equal(eps[0].state, qpos)
+    for cam, im in imgs.items():
+        if compress:
+            assert close(eps[0].images[cam], im, tol=3.0)
+        else:
+            np.testing.assert_array_equal(eps[0].images[cam], im)
+
+
+def test_aloha_missing_camera(tmp_path):
+    build_aloha(tmp_path / "e.hdf5")
+    with pytest.raises(DatasetError, match="cam_low"):
+        read_hdf5(tmp_path / "e.hdf5", image_keys=["cam_low"])
