@@ -221,13 +221,21 @@ def _decode_image_cell(cell, where: str) -> np.ndarray:
 
 
 class _VideoCache:
-    """Decodes each MP4 once per read (v3.0 packs many episodes into one file)."""
+    """Decodes each MP4 once per read (v3.0 packs many episodes into one file), keeping at most
+    `max_files` decoded files (one per camera) so memory stays bounded on large datasets."""
 
-    def __init__(self):
-        self.cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, max_files: int = 1):
+        from collections import OrderedDict
+
+        self.cache: OrderedDict[Path, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.max_files = max(1, max_files)
 
     def frames_at(self, path: Path, stamps: np.ndarray, tol: float, where: str) -> np.ndarray:
-        if path not in self.cache:
+        if path in self.cache:
+            self.cache.move_to_end(path)
+        else:
+            while len(self.cache) >= self.max_files:
+                self.cache.popitem(last=False)
             if not path.is_file():
                 raise DatasetError(f"{where}: missing video file {path}")
             try:
@@ -249,6 +257,19 @@ class _VideoCache:
 def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str] | None = None,
                  drop_nonfinite: bool = False) -> tuple[list[Episode], dict]:
     """All episodes of a local LeRobot v2.1/v3.0 dataset, images decoded, as Episode objects."""
+    root = Path(root)
+    info = read_info(root)
+    episodes = list(iter_lerobot(root, tolerance_s, cameras, drop_nonfinite))
+    logger.info("read %d episodes (%s) from %s", len(episodes), info["codebase_version"], root)
+    return episodes, info
+
+
+def iter_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str] | None = None,
+                 drop_nonfinite: bool = False, images: bool = True):
+    """Episodes one at a time (bounded memory: one video file decoded at a time per camera).
+
+    images=False skips decoding entirely: a cheap first pass for action statistics and labels.
+    """
     from qsft_robot.data.episode import drop_nonfinite_frames
 
     root = Path(root)
@@ -264,9 +285,8 @@ def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str]
     if "action" not in feats:
         raise DatasetError(f"{root / 'meta/info.json'}: no 'action' feature")
     tasks = _tasks(root, info)
-    videos = _VideoCache()
+    videos = _VideoCache(max_files=len(cam_keys))
     tables: dict[Path, pa.Table] = {}
-    episodes = []
     for em in _episodes_meta(root, info):
         e = em["episode_index"]
         where = f"{root} episode {e}"
@@ -276,6 +296,7 @@ def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str]
             chunk = e // info.get("chunks_size", 1000)
             path = root / info["data_path"].format(episode_chunk=chunk, episode_index=e)
         if path not in tables:
+            tables.clear()  # files are visited in order: keep one parquet table in memory
             tables[path] = _read_parquet(path)
         t = tables[path]
         ep_col = np.asarray(t.column("episode_index").to_numpy())
@@ -291,8 +312,8 @@ def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str]
             actions = actions[:, None]
         state = col("observation.state") if "observation.state" in rows.column_names else None
         ts = np.asarray(rows.column("timestamp").to_numpy(), dtype=np.float64)[order]
-        images = {}
-        for key in cam_keys:
+        images_out = {}
+        for key in cam_keys if images else []:
             cam = key.split(".")[-1]
             if feats[key]["dtype"] == "video":
                 if version == "v3.0":
@@ -303,15 +324,15 @@ def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str]
                     chunk = e // info.get("chunks_size", 1000)
                     vpath = root / info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=e)
                     stamps = ts
-                images[cam] = videos.frames_at(vpath, stamps, tolerance_s, where)
+                images_out[cam] = videos.frames_at(vpath, stamps, tolerance_s, where)
             else:
                 cells = rows.column(key).to_pylist()
-                images[cam] = np.stack([_decode_image_cell(cells[i], where) for i in order])
+                images_out[cam] = np.stack([_decode_image_cell(cells[i], where) for i in order])
         rewards = col("next.reward") if "next.reward" in rows.column_names else None
         success_col = rows.column("next.success").to_pylist() if "next.success" in rows.column_names else None
         task_idx = int(rows.column("task_index")[0].as_py()) if "task_index" in rows.column_names else 0
         instruction = tasks.get(task_idx) or (em.get("tasks") or [""])[0]
-        ep = Episode(images=images, actions=actions, instruction=instruction, state=state, rewards=rewards,
+        ep = Episode(images=images_out, actions=actions, instruction=instruction, state=state, rewards=rewards,
                      success=bool(any(success_col)) if success_col is not None else False,
                      meta={"episode_index": e, "has_success": success_col is not None,
                            "has_reward": rewards is not None})
@@ -319,6 +340,4 @@ def read_lerobot(root: str | Path, tolerance_s: float = 1e-3, cameras: list[str]
         if drop_nonfinite:
             ep = drop_nonfinite_frames(ep, where, logger)
         ep.validate(where)
-        episodes.append(ep)
-    logger.info("read %d episodes (%s) from %s", len(episodes), version, root)
-    return episodes, info
+        yield ep

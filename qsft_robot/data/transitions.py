@@ -14,13 +14,14 @@ import numpy as np
 
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.data.episode import DatasetError, Episode
+from qsft_robot.data.image_store import ImageStore
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Transitions:
-    images: np.ndarray        # (N, cams, H, W, 3) uint8
+    images: ImageStore        # (N, cams, H, W, 3) uint8, in memory or memmapped
     state: np.ndarray | None  # (N, S)
     instructions: list[str]
     tokens: np.ndarray        # (N, D) int64
@@ -62,7 +63,10 @@ def label_rewards(ep: Episode, rule: str, gamma: float, r_max: float) -> np.ndar
 
 
 def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma: float,
-                      reward_rule: str = "auto", cameras: list[str] | None = None) -> Transitions:
+                      reward_rule: str = "auto", cameras: list[str] | None = None,
+                      images: ImageStore | None = None) -> Transitions:
+    """`images`: a store already holding every frame in order (memmap path); otherwise the
+    episodes carry their frames and they are stacked in memory."""
     if not episodes:
         raise DatasetError("no episodes")
     rule = choose_reward_rule(episodes, reward_rule)
@@ -72,14 +76,16 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
         logger.warning("dense rewards rescaled by (1 - gamma) / r_max = %.4g so returns lie in [0, 1]",
                        (1 - gamma) / r_max)
     cams = cameras or sorted(episodes[0].images)
-    imgs, states, instr, toks, rew, done, nxt, epi = [], [], [], [], [], [], [], []
+    imgs: list[np.ndarray] = []
+    states, instr, toks, rew, done, nxt, epi = [], [], [], [], [], [], []
     start = 0
     for e, ep in enumerate(episodes):
         T = len(ep)
-        missing = [c for c in cams if c not in ep.images]
-        if missing:
-            raise DatasetError(f"episode {e}: cameras {missing} missing (has {sorted(ep.images)})")
-        imgs.append(np.stack([ep.images[c] for c in cams], axis=1))
+        if images is None:
+            missing = [c for c in cams if c not in ep.images]
+            if missing:
+                raise DatasetError(f"episode {e}: cameras {missing} missing (has {sorted(ep.images)})")
+            imgs.append(np.stack([ep.images[c] for c in cams], axis=1))
         if ep.state is not None:
             states.append(ep.state)
         instr += [ep.instruction] * T
@@ -92,5 +98,9 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
         epi.append(np.full(T, e))
         start += T
     state = np.concatenate(states).astype(np.float32) if len(states) == len(episodes) else None
-    return Transitions(np.concatenate(imgs), state, instr, np.concatenate(toks), np.concatenate(rew),
+    if images is None:
+        images = ImageStore(np.concatenate(imgs))
+    elif len(images) != start:
+        raise DatasetError(f"frame store holds {len(images)} frames, episodes have {start}")
+    return Transitions(images, state, instr, np.concatenate(toks), np.concatenate(rew),
                        np.concatenate(done), np.concatenate(nxt), np.concatenate(epi), rule)

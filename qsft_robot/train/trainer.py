@@ -30,6 +30,54 @@ logger = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "mean_p_data", "pi_entropy", "lr", "step_time"]
 
 
+def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+    """The batch of a step is a pure function of (seed, step): resume needs no loader state."""
+    return np.random.default_rng([seed, step]).integers(0, n, size=batch_size)
+
+
+def _identity(x):
+    return x
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item k = the frames of training step start + k, read from the image store (for workers)."""
+
+    def __init__(self, data: Transitions, seed: int, batch_size: int, start: int, end: int):
+        self.data, self.seed, self.batch_size, self.start, self.end = data, seed, batch_size, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, k: int):
+        idx = batch_indices(self.seed, self.start + k, len(self.data), self.batch_size)
+        return idx, self.data.images[idx], self.data.images[self.data.next_index[idx]]
+
+
+def load_for_training(cfg: RunConfig, run_dir: Path, keep=lambda ep: True):
+    """LeRobot data streamed into a frame memmap (datasets larger than RAM); other formats in memory.
+
+    Returns (episodes without frames, frame store) or (episodes with frames, None).
+    """
+    from qsft_robot.data.image_store import MemmapImageStore
+    from qsft_robot.data.lerobot import iter_lerobot
+
+    path = Path(cfg.data.path)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    if cfg.data.format == "hdf5" or path.suffix in (".h5", ".hdf5") or path.is_file():
+        return [e for e in load_episodes(cfg) if keep(e)], None
+    kw = dict(cameras=cfg.data.cameras or None, drop_nonfinite=cfg.data.drop_nonfinite)
+    light = [e for e in iter_lerobot(path, images=False, **kw) if keep(e)]
+    total = sum(len(e) for e in light)
+    source = f"{path.resolve()}|{len(light)}|{total}|{cfg.data.cameras}|{cfg.algo.name}"
+    folder = run_dir / "frame_cache"
+    store = MemmapImageStore.open_if_valid(folder, total, source)
+    if store is None:
+        store = MemmapImageStore.write(folder, (e for e in iter_lerobot(path, **kw) if keep(e)),
+                                       cameras=cfg.data.cameras or None, total_frames=total, source=source)
+    return light, store
+
+
 def load_episodes(cfg: RunConfig) -> list[Episode]:
     from qsft_robot.data.lerobot import read_lerobot
 
@@ -70,16 +118,20 @@ class Trainer:
         self.run_dir = Path(cfg.train.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
-        episodes = episodes if episodes is not None else load_episodes(cfg)
-        if cfg.algo.name == "filtered_bc":
-            episodes = [e for e in episodes if e.success]
-            if not episodes:
-                raise DatasetError("filtered_bc: the dataset has no successful episodes")
+        keep = (lambda e: e.success) if cfg.algo.name == "filtered_bc" else (lambda e: True)
+        store = None
+        if episodes is None:
+            episodes, store = load_for_training(cfg, self.run_dir, keep)
+        else:
+            episodes = [e for e in episodes if keep(e)]
+        if not episodes:
+            raise DatasetError(f"{cfg.algo.name}: no episodes to train on"
+                               + (" (no successful episodes)" if cfg.algo.name == "filtered_bc" else ""))
         all_actions = np.concatenate([e.actions for e in episodes])
         self.tokenizer = ActionTokenizer.fit(all_actions, cfg.algo.num_bins,
                                              {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()})
         self.data: Transitions = build_transitions(episodes, self.tokenizer, cfg.algo.gamma, cfg.data.reward,
-                                                   cfg.data.cameras or None)
+                                                   cfg.data.cameras or None, images=store)
         self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
         self.qsft = cfg.algo.name == "qsft"
         self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
@@ -120,13 +172,12 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def batch_indices(self, step: int) -> np.ndarray:
-        rng = np.random.default_rng([self.cfg.train.seed, step])
-        return rng.integers(0, len(self.data), size=self.cfg.train.batch_size)
+        return batch_indices(self.cfg.train.seed, step, len(self.data), self.cfg.train.batch_size)
 
-    def _inputs(self, idx):
+    def _inputs(self, idx, images=None):
         d = self.data
         st = d.state[idx] if d.state is not None else None
-        return d.images[idx], [d.instructions[i] for i in idx], st
+        return (d.images[idx] if images is None else images), [d.instructions[i] for i in idx], st
 
     @torch.no_grad()
     def build_behavior_cache(self, batch_size: int = 64) -> torch.Tensor:
@@ -145,9 +196,9 @@ class Trainer:
         logger.info("cached frozen pi_beta logits for %d transitions", len(self.data))
         return torch.cat(out)
 
-    def compute_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, idx: np.ndarray, images=None, next_images=None) -> tuple[torch.Tensor, dict]:
         ad, d, D = self.adapter, self.data, self.adapter.num_dims
-        images, instr, state = self._inputs(idx)
+        images, instr, state = self._inputs(idx, images)
         tokens = torch.as_tensor(d.tokens[idx])
         if self.pi_cache is not None:
             beh_logits = self.pi_cache[idx].float()
@@ -160,11 +211,12 @@ class Trainer:
         stats = {"bc_loss": bc.item(), "pi_entropy": entropy}
         behavior_first = self.cfg.algo.behavior == "frozen" and self.pi_cache is None
         if not self.qsft or behavior_first:  # BC baselines, or pi_beta's own phase before it freezes
-            return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0,
-                        "mean_p_data": float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())}
+            with torch.no_grad():
+                p_data = float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())
+            return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0, "mean_p_data": p_data}
         q_logits = ad.teacher_forced_logits(self.model, images, instr, state, d.tokens[idx], with_dummy=True)
         nidx = d.next_index[idx]
-        n_images, n_instr, n_state = self._inputs(nidx)
+        n_images, n_instr, n_state = self._inputs(nidx, next_images)
         with torch.no_grad():
             cur = ad.encode(images, instr, state, d.tokens[idx][:, :-1])
             tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
@@ -185,6 +237,26 @@ class Trainer:
         loss = ql if self.pi_cache is not None else ql + bc
         p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
         return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item()}
+
+    def train_step(self, prefetched=None) -> tuple[torch.Tensor, dict]:
+        """One optimisation step (and the target's Polyak update)."""
+        self.model.train()
+        if prefetched is not None:
+            idx, images, next_images = prefetched
+            assert np.array_equal(idx, self.batch_indices(self.step)), "prefetched batch out of step"
+            loss, stats = self.compute_loss(idx, images, next_images)
+        else:
+            loss, stats = self.compute_loss(self.batch_indices(self.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.qsft:
+            polyak_update(self.target, self.model, self.cfg.algo.polyak_alpha)
+        self.step += 1
+        return loss, stats
 
     def frozen_behavior_due(self) -> bool:
         a = self.cfg.algo
@@ -212,21 +284,15 @@ class Trainer:
                 writer.writeheader()
             bar = tqdm(total=cfg.train.steps, initial=self.step, desc=f"train {cfg.algo.name}", unit="step")
             last = None
+            prefetch = iter(torch.utils.data.DataLoader(
+                StepBatches(self.data, cfg.train.seed, cfg.train.batch_size, self.step, cfg.train.steps),
+                batch_size=None, num_workers=cfg.train.num_workers, collate_fn=_identity,
+                prefetch_factor=2 if cfg.train.num_workers else None)) if cfg.train.num_workers > 0 else None
             while self.step < cfg.train.steps:
                 if self.frozen_behavior_due():
                     self.pi_cache = self.build_behavior_cache()
                 t0 = time.perf_counter()
-                self.model.train()
-                loss, stats = self.compute_loss(self.batch_indices(self.step))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.qsft:
-                    polyak_update(self.target, self.model, cfg.algo.polyak_alpha)
-                self.step += 1
+                loss, stats = self.train_step(next(prefetch) if prefetch is not None else None)
                 row = {"step": self.step, "loss": loss.item(), "lr": self.scheduler.get_last_lr()[0],
                        "step_time": time.perf_counter() - t0, **stats}
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:

@@ -70,6 +70,7 @@ class PolicyNode(Node):
         self.frame: np.ndarray | None = None
         self.frame_time: float | None = None
         self.frame_used = True
+        self.new_frame = threading.Event()
         self.state: np.ndarray | None = None
         self.estop = False
         self.counts = {"frames": 0, "dropped_frames": 0, "malformed": 0, "actions": 0, "stops": 0}
@@ -102,6 +103,7 @@ class PolicyNode(Node):
                 self.counts["dropped_frames"] += 1  # replaced before the policy used it (latest only)
             self.frame, self.frame_time, self.frame_used = img, time.monotonic(), False
             self.counts["frames"] += 1
+        self.new_frame.set()
 
     def on_image(self, msg: Image) -> None:
         try:
@@ -150,27 +152,42 @@ class PolicyNode(Node):
         self.counts["stops"] += 1
 
     def control_loop(self) -> None:
+        """Act as soon as a new frame arrives, at most control_hz actions per second; otherwise tick
+        at control_hz so the watchdog stops the robot when the camera goes quiet."""
         period = 1.0 / float(self.p["control_hz"])
-        next_t = time.monotonic()
+        last_act, last_status = -1e9, -1e9
+        next_tick = time.monotonic()
         while self.running and rclpy.ok():
             now = time.monotonic()
+            pending = self.new_frame.is_set()
+            wake = min(next_tick, last_act + period) if pending else next_tick
+            if now < wake:
+                if pending:
+                    time.sleep(wake - now)  # rate limit: the newest frame is used when allowed
+                else:
+                    self.new_frame.wait(timeout=wake - now)  # returns early when a frame arrives
+                continue
+            self.new_frame.clear()
             with self.lock:
                 frame, frame_time = self.frame, self.frame_time
                 self.frame_used = True
             state = self.watchdog.tick(now, frame_time, self.estop)
             if state == State.RUNNING and self.instruction:
-                t0 = time.perf_counter()
-                action = self.policy.act(frame[None, None], [self.instruction],
-                                         None if self.state is None else self.state[None])[0]
-                self.latency_ms = (time.perf_counter() - t0) * 1e3
-                self.publish_command(self.safety(self.profile.to_command(action), time.monotonic()))
-                self.counts["actions"] += 1
+                if now >= last_act + period:
+                    t0 = time.perf_counter()
+                    action = self.policy.act(frame[None, None], [self.instruction],
+                                             None if self.state is None else self.state[None])[0]
+                    self.latency_ms = (time.perf_counter() - t0) * 1e3
+                    self.publish_command(self.safety(self.profile.to_command(action), time.monotonic()))
+                    self.counts["actions"] += 1
+                    last_act = now
+                    self.tick_times = (self.tick_times + [now])[-20:]
             else:
                 self.stop()
-            self.tick_times = (self.tick_times + [now])[-20:]
-            self.publish_status(state)
-            next_t = max(next_t + period, time.monotonic() - period)  # no burst after a slow tick
-            time.sleep(max(0.0, next_t - time.monotonic()))
+            next_tick = now + period
+            if now - last_status >= 0.2:  # status at <= 5 Hz: diagnostics must not cost control time
+                self.publish_status(state)
+                last_status = now
 
     def publish_status(self, state: State) -> None:
         rate = (len(self.tick_times) - 1) / (self.tick_times[-1] - self.tick_times[0]) if len(self.tick_times) > 1 else 0.0
@@ -180,6 +197,7 @@ class PolicyNode(Node):
 
     def shutdown(self) -> None:
         self.running = False
+        self.new_frame.set()
         self.worker.join(timeout=2.0)
         self.stop()  # clean shutdown always leaves the robot stopped
 

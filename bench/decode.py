@@ -1,0 +1,59 @@
+"""Actions/second of argmax-Q decoding for the default model, with and without the KV cache.
+
+    python bench/decode.py [--batch 1 10] [--device cuda --dtype bfloat16 --compile]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import OUT, episodes, machine, table, timeit  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--bins", type=int, default=256)
+    a = ap.parse_args()
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.config import load_config
+    from qsft_robot.train.trainer import train
+
+    eps = episodes()
+    run = OUT / "decode_run"
+    ckpt = train(load_config(None, [f"train.out_dir={run}", "train.steps=1", "train.batch_size=4",
+                                    f"algo.num_bins={a.bins}"]), eps)
+    pol = load_policy(ckpt, device=a.device)
+    dtype = getattr(torch, a.dtype)
+    pol.adapter.model.to(dtype)
+    if pol.behavior_model is not None:
+        pol.behavior_model.to(dtype)
+    if a.compile:
+        pol.adapter.model.forward = torch.compile(pol.adapter.model.forward, dynamic=True)
+    rows = []
+    for n in a.batch:
+        imgs = np.stack([eps[i % len(eps)].images["front"][:1] for i in range(n)])
+        instr = [eps[i % len(eps)].instruction for i in range(n)]
+        st = np.stack([eps[i % len(eps)].state[0] for i in range(n)])
+        res = {}
+        for mode in ("argmax_q", "paper"):
+            for cache in (False, True):
+                t = timeit(lambda: pol.adapter.decode(imgs, instr, st, mode=mode, behavior_model=pol.behavior_model,
+                                                      use_cache=cache), repeat=10)
+                res[(mode, cache)] = t
+            rows.append([n, mode, f"{n / res[(mode, False)]:.1f}", f"{n / res[(mode, True)]:.1f}",
+                         f"{res[(mode, False)] / res[(mode, True)]:.2f}x"])
+    table(f"decode: actions/s, default model (D=4, B={a.bins}), {a.device} {a.dtype}"
+          f"{' compiled' if a.compile else ''} — {machine()}",
+          ["batch", "mode", "no cache", "KV cache", "speed-up"], rows)
+
+
+if __name__ == "__main__":
+    main()

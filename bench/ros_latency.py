@@ -1,0 +1,117 @@
+"""Image publish -> action receive latency through the ROS 2 node, against bare inference, one run.
+
+The node runs the default model from a fresh checkpoint on 224x224 rgb8 frames (the processor
+resizes). Each frame is published alone after the previous one went stale, so the first non-stop
+command after it was computed from it; overhead = median(latency) - median(bare inference).
+
+    python bench/ros_latency.py [--frames 40]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import OUT, episodes, machine, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "ros2_ws" / "src" / "qsft_robot"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=40)
+    a = ap.parse_args()
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    import numpy as np
+    import rclpy
+    from geometry_msgs.msg import Twist
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.config import load_config
+    from qsft_robot.ros.image_conv import image_to_rgb, rgb_to_image_fields
+    from qsft_robot.train.trainer import train
+
+    eps = episodes("base_goto", 8)
+    ckpt = train(load_config(None, [f"train.out_dir={OUT / 'ros_latency_run'}", "train.steps=1",
+                                    "train.batch_size=4"]), eps)
+    img = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    f = rgb_to_image_fields(img)
+    pol = load_policy(ckpt)
+    bare = []
+    for _ in range(a.frames):
+        t = time.perf_counter()
+        frame = image_to_rgb(f["encoding"], f["height"], f["width"], f["step"], f["data"])
+        pol.act(frame[None, None], ["drive to the red cone"])
+        bare.append(time.perf_counter() - t)
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PKG), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    node = subprocess.Popen([sys.executable, "-m", "qsft_robot_ros.policy_node", "--ros-args", "--params-file",
+                             str(PKG / "config" / "base.yaml"), "-p", f"checkpoint:={ckpt}", "-p", "device:=cpu",
+                             "-p", "control_hz:=30.0", "-p", "max_image_age:=0.15"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rclpy.init()
+    n = rclpy.create_node("latency_probe")
+    got: list[tuple[float, Twist]] = []
+    up, moved = threading.Event(), threading.Event()
+
+    def on_cmd(m):
+        got.append((time.perf_counter(), m))
+        if m.linear.x != 0.0 or m.angular.z != 0.0:
+            moved.set()
+    n.create_subscription(Twist, "/qsft/preview", on_cmd, 100)
+    node_inf: list[float] = []
+
+    def on_status(m):
+        up.set()
+        node_inf.append(json.loads(m.data)["latency_ms"])
+    n.create_subscription(String, "/qsft/status", on_status, 10)
+    pub = n.create_publisher(Image, "/camera/image_raw", 10)
+    ex = rclpy.executors.SingleThreadedExecutor()
+    ex.add_node(n)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    try:
+        if not up.wait(60):
+            raise RuntimeError("policy node did not start")
+        lat, inside = [], []
+        msg = Image(encoding=f["encoding"], height=f["height"], width=f["width"], step=f["step"], data=f["data"])
+        for _ in range(a.frames + 3):
+            time.sleep(0.3)  # previous frame is stale now: the node publishes stops (zero twists)
+            if lat and node_inf:
+                inside.append(node_inf[-1] / 1e3)  # the node's own inference time for that frame
+            got.clear()
+            moved.clear()
+            t0 = time.perf_counter()
+            pub.publish(msg)
+            if moved.wait(2.0):
+                lat.append(next(t for t, m in list(got) if m.linear.x != 0.0 or m.angular.z != 0.0) - t0)
+        lat, inside = lat[3:], inside[3:]
+    finally:
+        node.terminate()
+        node.wait(10)
+        ex.shutdown()
+        rclpy.try_shutdown()
+    med_b, med_l, med_i = (1e3 * float(np.median(x)) for x in (bare, lat, inside))
+    table(f"ROS 2 latency, 224x224 rgb8 -> Twist, default model on CPU — {machine()}",
+          ["path", "median ms", "p90 ms", "n"],
+          [["bare inference (convert + act)", f"{med_b:.1f}", f"{1e3 * np.quantile(bare, 0.9):.1f}", len(bare)],
+           ["inference inside the node (its status)", f"{med_i:.1f}", f"{1e3 * np.quantile(inside, 0.9):.1f}",
+            len(inside)],
+           ["publish -> node -> command received", f"{med_l:.1f}", f"{1e3 * np.quantile(lat, 0.9):.1f}", len(lat)],
+           ["overhead vs bare inference", f"{med_l - med_b:.1f}", "", ""],
+           ["overhead vs the node's own inference", f"{med_l - med_i:.1f}", "", ""]])
+    print(json.dumps({"bare_ms": med_b, "node_inference_ms": med_i, "ros_ms": med_l,
+                      "overhead_vs_bare_ms": med_l - med_b, "overhead_vs_node_ms": med_l - med_i}))
+
+
+if __name__ == "__main__":
+    main()

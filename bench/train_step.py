@@ -1,0 +1,48 @@
+"""Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
+(frozen, cached pi_beta), measured in one run; ratios against SFT.
+
+    python bench/train_step.py [--batch 32 --steps 10]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import OUT, episodes, machine, table  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=10)
+    a = ap.parse_args()
+    import shutil
+
+    from qsft_robot.config import load_config
+    from qsft_robot.train.trainer import Trainer
+
+    eps = episodes(n=24)
+    variants = {"sft": ["algo.name=sft"], "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
+                "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"]}
+    times = {}
+    for name, sets in variants.items():
+        run = OUT / f"train_step_{name.replace(' ', '_').replace('+', '_')}"
+        shutil.rmtree(run, ignore_errors=True)
+        tr = Trainer(load_config(None, sets + [f"train.out_dir={run}", f"train.batch_size={a.batch}",
+                                               "train.steps=100000", "train.save_every=100000"]), eps)
+        if tr.frozen_behavior_due():
+            tr.pi_cache = tr.build_behavior_cache()  # one-off cost per dataset, outside the step time
+        tr.train_step()  # warm-up
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            tr.train_step()
+        times[name] = (time.perf_counter() - t) / a.steps
+    rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x"] for k, v in times.items()]
+    table(f"train step, default model, batch {a.batch} — {machine()}", ["algorithm", "s/step", "vs SFT"], rows)
+
+
+if __name__ == "__main__":
+    main()

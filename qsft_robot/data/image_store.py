@@ -1,0 +1,100 @@
+"""Frame storage for training: in memory, or a uint8 memmap on disk for datasets larger than RAM.
+
+Videos are decoded once, while the store is written; training then reads raw frames by index, so
+DataLoader workers never decode video (PyAV in forked workers is where loaders crash).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class ImageStore:
+    """(N, cams, H, W, 3) uint8 frames addressed by transition index."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.array.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.array[idx]
+
+
+class MemmapImageStore(ImageStore):
+    """Backed by `frames.u8` + `frames.json` (shape) in a folder; opened lazily, so it pickles into
+    DataLoader workers by path rather than by content."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "frames.json").read_text())
+        self._shape = tuple(meta["shape"])
+        self.source = meta.get("source", "")
+        self._mm: np.memmap | None = None
+
+    @property
+    def shape(self) -> tuple:
+        return self._shape
+
+    @property
+    def array(self) -> np.memmap:
+        if self._mm is None:
+            self._mm = np.memmap(self.folder / "frames.u8", dtype=np.uint8, mode="r", shape=self._shape)
+        return self._mm
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return np.asarray(self.array[idx])
+
+    def __getstate__(self):
+        return {"folder": self.folder, "_shape": self._shape, "source": self.source, "_mm": None}
+
+    @classmethod
+    def write(cls, folder: str | Path, episodes, cameras: list[str] | None = None, total_frames: int | None = None,
+              source: str = "") -> "MemmapImageStore":
+        """Stream episodes' frames into the store; the folder is complete or absent (temp + rename)."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        n, frame_shape = 0, None
+        with open(tmp / "frames.u8", "wb") as fh:
+            for ep in tqdm(episodes, desc="cache frames", unit="ep", total=None):
+                cameras = cameras or sorted(ep.images)
+                stack = np.stack([ep.images[c] for c in cameras], axis=1)
+                if frame_shape is None:
+                    frame_shape = stack.shape[1:]
+                elif stack.shape[1:] != frame_shape:
+                    raise ValueError(f"episode {ep.meta.get('episode_index')}: frames {stack.shape[1:]} differ "
+                                     f"from {frame_shape}")
+                fh.write(np.ascontiguousarray(stack, dtype=np.uint8).tobytes())
+                n += len(stack)
+        if total_frames is not None and n != total_frames:
+            raise ValueError(f"frame cache holds {n} frames, the dataset has {total_frames}")
+        (tmp / "frames.json").write_text(json.dumps({"shape": [n, *frame_shape], "source": source}))
+        if folder.exists():
+            import shutil
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        logger.info("cached %d frames (%.1f MB) in %s", n, n * np.prod(frame_shape) / 1e6, folder)
+        return cls(folder)
+
+    @classmethod
+    def open_if_valid(cls, folder: str | Path, total_frames: int, source: str) -> "MemmapImageStore | None":
+        folder = Path(folder)
+        try:
+            store = cls(folder)
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return None
+        size_ok = (folder / "frames.u8").stat().st_size == int(np.prod(store.shape))
+        return store if size_ok and store.shape[0] == total_frames and store.source == source else None

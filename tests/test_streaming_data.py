@@ -1,0 +1,49 @@
+"""Training straight from a LeRobot folder: frames streamed once into a memmap, loader workers."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import torch
+
+from qsft_robot.config import load_config
+from qsft_robot.data.image_store import MemmapImageStore
+from qsft_robot.data.lerobot import read_lerobot, write_lerobot_v30
+from qsft_robot.sim.collect import collect_episodes
+from qsft_robot.train.trainer import Trainer
+
+
+def test_memmap_store_matches_decoded_frames_and_workers_match_inline(tmp_path):
+    write_lerobot_v30(collect_episodes("arm_reach", 6, "mixed", seed=0), tmp_path / "ds", fps=10)
+    decoded = np.concatenate([np.stack([e.images["front"]], 1) for e in read_lerobot(tmp_path / "ds")[0]])
+
+    def run(name, workers):
+        cfg = load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / name}",
+                                 "train.steps=3", "train.batch_size=6", "algo.num_bins=16",
+                                 f"train.num_workers={workers}", "train.save_every=100"])
+        tr = Trainer(cfg)
+        tr.train()
+        return tr
+
+    inline = run("inline", 0)
+    assert isinstance(inline.data.images, MemmapImageStore)
+    np.testing.assert_array_equal(inline.data.images[np.arange(len(decoded))], decoded)
+    # the store pickles by path (what DataLoader workers receive), not by content
+    assert len(pickle.dumps(inline.data.images)) < 2000
+    workers = run("workers", 2)
+    for a, b in zip(inline.model.parameters(), workers.model.parameters()):
+        assert torch.equal(a, b)
+    # a second run on the same data reuses the cache instead of decoding again
+    mtime = (tmp_path / "inline" / "frame_cache" / "frames.u8").stat().st_mtime_ns
+    Trainer(load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / 'inline'}",
+                               "train.steps=3", "train.batch_size=6", "algo.num_bins=16"]))
+    assert (tmp_path / "inline" / "frame_cache" / "frames.u8").stat().st_mtime_ns == mtime
+
+
+def test_filtered_bc_streams_only_successful_episodes(tmp_path):
+    eps = collect_episodes("arm_reach", 8, "mixed", seed=0)
+    write_lerobot_v30(eps, tmp_path / "ds", fps=10)
+    tr = Trainer(load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / 'r'}",
+                                    "algo.name=filtered_bc", "train.steps=1", "algo.num_bins=16"]))
+    assert len(tr.data) == sum(len(e) for e in eps if e.success)
+    assert len(tr.data.images) == len(tr.data)
