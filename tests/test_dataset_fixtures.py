@@ -102,3 +102,72 @@ def test_aloha_missing_camera(tmp_path):
     build_aloha(tmp_path / "e.hdf5")
     with pytest.raises(DatasetError, match="cam_low"):
         read_hdf5(tmp_path / "e.hdf5", image_keys=["cam_low"])
+
+
+def test_empty_episode_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    build_v21(tmp_path / "ds", images="image")
+    p = tmp_path / "ds/data/chunk-000/episode_000001.parquet"
+    t = pq.read_table(p)
+    pq.write_table(t.slice(0, 0), p)
+    lines = (tmp_path / "ds/meta/episodes.jsonl").read_text().splitlines()
+    row = json.loads(lines[1])
+    row["length"] = 0
+    lines[1] = json.dumps(row)
+    (tmp_path / "ds/meta/episodes.jsonl").write_text("\n".join(lines))
+    with pytest.raises(DatasetError, match="episode 1: empty episode"):
+        read_lerobot(tmp_path / "ds")
+
+
+def test_robomimic_layout_built_by_hand(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "low_dim.hdf5", "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1, "env_kwargs": {}})
+        for i, T in enumerate((5, 3, 4)):
+            g = data.create_group(f"demo_{i}")
+            g.attrs["num_samples"] = T
+            g.create_dataset("obs/agentview_image", data=rng.integers(0, 255, (T, 16, 16, 3), dtype=np.uint8))
+            g.create_dataset("obs/robot_state", data=rng.normal(size=(T, 9)))
+            g.create_dataset("actions", data=rng.normal(size=(T, 7)))
+            g.create_dataset("rewards", data=np.r_[np.zeros(T - 1), float(i != 1)])
+            g.create_dataset("dones", data=np.r_[np.zeros(T - 1), 1].astype(np.int64))
+        f.create_dataset("mask/valid", data=np.array([b"demo_2"]))
+    eps = read_hdf5(tmp_path / "low_dim.hdf5", instruction="lift the cube")
+    assert [len(e) for e in eps] == [5, 3, 4]
+    assert [e.success for e in eps] == [True, False, True]
+    assert eps[0].images["agentview"].shape == (5, 16, 16, 3) and eps[0].instruction == "lift the cube"
+    valid = read_hdf5(tmp_path / "low_dim.hdf5", split="valid")
+    assert len(valid) == 1 and len(valid[0]) == 4
+
+
+def test_reward_rules_episode_list_and_all_success(tmp_path):
+    from qsft_robot.data.action_tokenizer import ActionTokenizer
+    from qsft_robot.data.transitions import build_transitions
+
+    build_v21(tmp_path / "ds", images="image", lengths=(3, 4, 2))
+    eps, _ = read_lerobot(tmp_path / "ds")
+    tok = ActionTokenizer.fit(np.concatenate([e.actions for e in eps]), 8)
+    tr = build_transitions(eps, tok, 0.9, "episodes:2")
+    assert tr.reward.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1] and tr.reward_rule == "episodes:2"
+    assert tr.done.tolist() == [False] * 8 + [True]
+    tr = build_transitions(eps, tok, 0.9, "all_success")
+    assert tr.reward.sum() == 3 and tr.done.sum() == 3
+    with pytest.raises(DatasetError, match="episode indices"):
+        build_transitions(eps, tok, 0.9, "episodes:one")
+
+
+def test_lerobot_dataset_object_adapter(tmp_path):
+    from types import SimpleNamespace
+
+    from qsft_robot.data.lerobot_adapter import episodes_from_lerobot_dataset
+
+    build_v30(tmp_path / "ds")
+    ds = SimpleNamespace(root=tmp_path / "ds", meta=SimpleNamespace(root=tmp_path / "ds"), episodes=[0, 2])
+    eps = episodes_from_lerobot_dataset(ds)
+    assert [e.meta["episode_index"] for e in eps] == [0, 2]
+    with pytest.raises(DatasetError, match="local `root`"):
+        episodes_from_lerobot_dataset(SimpleNamespace(root=tmp_path / "nope"))

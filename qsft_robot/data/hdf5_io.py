@@ -138,7 +138,8 @@ def read_robomimic(path: str | Path, split: str | None = None, image_keys: list[
             dones = g["dones"][()] if "dones" in g else None
             success = bool(g.attrs.get("success", rewards is not None and rewards.max() > 0))
             ep = Episode(images=images, actions=g["actions"][()].astype(np.float32),
-                         instruction=str(g.attrs.get("lang", instruction or "")), state=state, rewards=rewards,
+                         instruction=str(g.attrs.get("lang", instruction or "")),
+                         state=None if state is None else state.astype(np.float32), rewards=rewards,
                          success=success, terminated=bool(dones[-1]) if dones is not None else success,
                          meta={"demo": n, "has_success": "success" in g.attrs})
             ep.validate(where)

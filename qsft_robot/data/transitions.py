@@ -1,8 +1,10 @@
 """Episodes -> flat transition arrays for Q-SFT (obs_t, instruction, tokens_t, r_t, done_t, next index).
 
 Reward rules (recorded in the checkpoint): 'success' puts reward 1 on the last step of successful
-episodes (the paper's sparse setting); 'reward' uses next.reward rescaled so that discounted returns
-stay in [0, 1] (DESIGN §2.2). A truncated (time-limit) end is not terminal: it bootstraps; as logs
+episodes (the paper's sparse setting); 'episodes:3,7,12' marks exactly those episode indices as the
+successful ones; 'all_success' treats every episode as a successful demonstration; 'reward' uses
+next.reward rescaled so that discounted returns stay in [0, 1] (DESIGN §2.2); 'python:mod:fn' calls
+fn(episode) -> per-step rewards. A truncated (time-limit) end is not terminal: it bootstraps; as logs
 carry no observation after the last action, it bootstraps from its own last frame.
 """
 from __future__ import annotations
@@ -46,9 +48,25 @@ def choose_reward_rule(episodes: list[Episode], rule: str) -> str:
                        "set data.reward (success | reward | python:module:function)")
 
 
+def apply_success_rule(episodes: list[Episode], rule: str) -> None:
+    """'episodes:<ids>' and 'all_success' set the success flag (and termination) they assert."""
+    if rule == "all_success":
+        chosen = None
+    elif rule.startswith("episodes:"):
+        try:
+            chosen = {int(x) for x in rule.split(":", 1)[1].replace(" ", "").split(",") if x}
+        except ValueError as e:
+            raise DatasetError(f"data.reward={rule!r}: expected comma-separated episode indices") from e
+    else:
+        return
+    for i, ep in enumerate(episodes):
+        ep.success = chosen is None or int(ep.meta.get("episode_index", i)) in chosen
+        ep.terminated = ep.success
+
+
 def label_rewards(ep: Episode, rule: str, gamma: float, r_max: float) -> np.ndarray:
     T = len(ep)
-    if rule == "success":
+    if rule in ("success", "all_success") or rule.startswith("episodes:"):
         r = np.zeros(T, np.float32)
         r[-1] = float(ep.success)
         return r
@@ -70,6 +88,7 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
     if not episodes:
         raise DatasetError("no episodes")
     rule = choose_reward_rule(episodes, reward_rule)
+    apply_success_rule(episodes, rule)
     r_max = 1.0
     if rule == "reward":
         r_max = max(float(np.max(e.rewards)) for e in episodes)
