@@ -61,6 +61,10 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 25
     num_workers: int = 0
+    grad_accum: int = 1             # micro-batches per optimizer step (per process)
+    mixed_precision: str = "no"     # no | bf16 | fp16 (GPU; accelerate autocast)
+    device: str = "auto"            # auto | cpu | cuda
+    tensorboard: bool = True
 
 
 @dataclass
@@ -168,6 +172,9 @@ def validate(cfg: RunConfig) -> None:
         ("algo.num_bins", cfg.algo.num_bins >= 2),
         ("train.batch_size", cfg.train.batch_size >= 1),
         ("train.schedule", cfg.train.schedule in ("cosine", "constant")),
+        ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),
+        ("train.mixed_precision", cfg.train.mixed_precision in ("no", "bf16", "fp16")),
+        ("train.device", cfg.train.device in ("auto", "cpu", "cuda")),
         ("eval.mode", cfg.eval.mode in ("argmax_q", "paper", "sft")),
         ("model.preset", cfg.model.preset in ("tiny", "pretrained")),
     ]

@@ -16,6 +16,14 @@ def episodes():
     return collect_episodes("arm_reach", 8, "mixed", seed=0, image_size=64)
 
 
+def test_dataset_model_mismatch_is_caught_before_step_one(tmp_path, episodes):
+    from qsft_robot.config import ConfigError
+
+    Trainer(cfg_for(tmp_path, steps=2), episodes).train()
+    with pytest.raises(ConfigError, match="action dims"):
+        Trainer(cfg_for(tmp_path, steps=4, **{"algo.num_bins": 8}), episodes)
+
+
 def cfg_for(tmp, algo="qsft", steps=4, **extra):
     sets = [f"algo.name={algo}", f"train.out_dir={tmp}", f"train.steps={steps}", "train.batch_size=8",
             "algo.num_bins=16", "train.save_every=2", "train.keep_last=3", "train.log_every=1",
@@ -38,6 +46,7 @@ def test_each_algorithm_trains_and_writes_a_checkpoint(tmp_path, episodes, algo)
     assert (ckpt / "behavior" / "config.json").exists() == (algo == "qsft")
     log = (tmp_path / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,loss") and len(log) == 4
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_resume_continues_exactly(tmp_path, episodes):

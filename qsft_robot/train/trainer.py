@@ -6,6 +6,7 @@ scheduler states are restored from the last atomic checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import logging
@@ -18,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss, token_rewards_discounts
-from qsft_robot.config import RunConfig, to_dict
+from qsft_robot.config import ConfigError, RunConfig, to_dict
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.data.episode import DatasetError, Episode
 from qsft_robot.data.transitions import Transitions, build_transitions
@@ -112,27 +113,55 @@ def _lr_lambda(cfg: RunConfig):
     return f
 
 
+def make_accelerator(cfg: RunConfig):
+    """One process (CPU or GPU) or many (torchrun / accelerate launch: DDP, gloo on CPU)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, episodes: list[Episode] | None = None):
         self.cfg = cfg
+        self.accelerator = make_accelerator(cfg)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if cfg.train.batch_size % (self.world * cfg.train.grad_accum):
+            raise ConfigError(f"config key 'train.batch_size' ({cfg.train.batch_size}) must divide evenly over "
+                              f"{self.world} processes x train.grad_accum={cfg.train.grad_accum}")
         self.run_dir = Path(cfg.train.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("training %s on %d process(es), device %s, mixed precision %s", cfg.algo.name, self.world,
+                    self.accelerator.device, cfg.train.mixed_precision)
         torch.manual_seed(cfg.train.seed)
         keep = (lambda e: e.success) if cfg.algo.name == "filtered_bc" else (lambda e: True)
         store = None
-        if episodes is None:
-            episodes, store = load_for_training(cfg, self.run_dir, keep)
-        else:
-            episodes = [e for e in episodes if keep(e)]
+        with self.accelerator.main_process_first():  # frame cache and base model are written once
+            if episodes is None:
+                episodes, store = load_for_training(cfg, self.run_dir, keep)
+            else:
+                episodes = [e for e in episodes if keep(e)]
         if not episodes:
             raise DatasetError(f"{cfg.algo.name}: no episodes to train on"
                                + (" (no successful episodes)" if cfg.algo.name == "filtered_bc" else ""))
         all_actions = np.concatenate([e.actions for e in episodes])
         self.tokenizer = ActionTokenizer.fit(all_actions, cfg.algo.num_bins,
                                              {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()})
+        found = latest_valid_checkpoint(self.run_dir)
+        if found is not None:  # resuming: keep the statistics the weights were trained with
+            saved = ActionTokenizer.load(found[0] / "action_tokenizer.json")
+            if saved.bins != self.tokenizer.bins:
+                raise ConfigError(f"run {self.run_dir} was trained on {saved.num_dims} action dims with bins "
+                                  f"{saved.bins}; this dataset/config gives {self.tokenizer.bins}: use a new "
+                                  f"train.out_dir or the original data")
+            self.tokenizer = saved
         self.data: Transitions = build_transitions(episodes, self.tokenizer, cfg.algo.gamma, cfg.data.reward,
                                                    cfg.data.cameras or None, images=store)
-        self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
+        with self.accelerator.main_process_first():
+            self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
+        self.model.to(self.accelerator.device)
         self.qsft = cfg.algo.name == "qsft"
         self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
                                   leftover=cfg.algo.leftover)
@@ -149,6 +178,13 @@ class Trainer:
         self.step = 0
         self.pi_cache: torch.Tensor | None = None  # frozen pi_beta logits (N, D, B), fp16
         self._maybe_resume()
+        # DDP-wrapped views for the loss; the raw modules stay for decoding, Polyak and saving
+        if self.qsft:
+            self.train_model, self.train_behavior, self.optimizer = self.accelerator.prepare(
+                self.model, self.behavior, self.optimizer)
+        else:
+            self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            self.train_behavior = self.train_model
 
     # ---- resume -------------------------------------------------------------------------------
     def _maybe_resume(self) -> None:
@@ -203,7 +239,7 @@ class Trainer:
         if self.pi_cache is not None:
             beh_logits = self.pi_cache[idx].float()
         else:
-            beh_logits = ad.teacher_forced_logits(self.behavior, images, instr, state, d.tokens[idx],
+            beh_logits = ad.teacher_forced_logits(self.train_behavior, images, instr, state, d.tokens[idx],
                                                   with_dummy=False)
         bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
         with torch.no_grad():
@@ -214,7 +250,7 @@ class Trainer:
             with torch.no_grad():
                 p_data = float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())
             return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0, "mean_p_data": p_data}
-        q_logits = ad.teacher_forced_logits(self.model, images, instr, state, d.tokens[idx], with_dummy=True)
+        q_logits = ad.teacher_forced_logits(self.train_model, images, instr, state, d.tokens[idx], with_dummy=True)
         nidx = d.next_index[idx]
         n_images, n_instr, n_state = self._inputs(nidx, next_images)
         with torch.no_grad():
@@ -239,24 +275,43 @@ class Trainer:
         return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item()}
 
     def train_step(self, prefetched=None) -> tuple[torch.Tensor, dict]:
-        """One optimisation step (and the target's Polyak update)."""
+        """One optimisation step over the global batch: this process's shard, in grad_accum
+        micro-batches (gradients synchronised across processes on the last one), then Polyak."""
         self.model.train()
+        idx = self.batch_indices(self.step)
+        images = next_images = None
         if prefetched is not None:
-            idx, images, next_images = prefetched
-            assert np.array_equal(idx, self.batch_indices(self.step)), "prefetched batch out of step"
-            loss, stats = self.compute_loss(idx, images, next_images)
-        else:
-            loss, stats = self.compute_loss(self.batch_indices(self.step))
+            p_idx, images, next_images = prefetched
+            assert np.array_equal(p_idx, idx), "prefetched batch out of step"
+        shard = np.arange(len(idx))[self.rank::self.world]
+        chunks = np.array_split(shard, self.cfg.train.grad_accum)
+        models = [self.train_model] + ([self.train_behavior] if self.qsft else [])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        total, stats = 0.0, {}
+        for k, ch in enumerate(chunks):
+            with contextlib.ExitStack() as stack:
+                if k < len(chunks) - 1:
+                    for m in models:
+                        stack.enter_context(self.accelerator.no_sync(m))
+                try:
+                    loss, st = self.compute_loss(idx[ch], None if images is None else images[ch],
+                                                 None if next_images is None else next_images[ch])
+                    self.accelerator.backward(loss / len(chunks))
+                except torch.cuda.OutOfMemoryError as e:
+                    raise RuntimeError(
+                        "GPU out of memory: lower train.batch_size (or raise train.grad_accum), set "
+                        "train.mixed_precision=bf16, use LoRA for big backbones, or enable gradient "
+                        "checkpointing on the model") from e
+            total += loss.item() / len(chunks)
+            stats = {k2: stats.get(k2, 0.0) + v / len(chunks) for k2, v in st.items()}
+        self.accelerator.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                         self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         if self.qsft:
             polyak_update(self.target, self.model, self.cfg.algo.polyak_alpha)
         self.step += 1
-        return loss, stats
+        return torch.tensor(total), stats
 
     def frozen_behavior_due(self) -> bool:
         a = self.cfg.algo
@@ -264,25 +319,39 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------------------
     def checkpoint(self) -> Path:
+        self.accelerator.wait_for_everyone()
+        path = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        if self.accelerator.is_main_process:
+            path = self._save()
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _save(self) -> Path:
         models = {"model": self.model}
         if self.qsft:
             models.update(behavior=self.behavior, target=self.target)
         cfgd = to_dict(self.cfg)
         cfgd["reward_rule"] = self.data.reward_rule
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "world_size": self.world, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
         return save_checkpoint(self.run_dir, self.step, models, self.processor, self.tokenizer, cfgd, state,
                                keep_last=self.cfg.train.keep_last)
 
     def train(self, stop_after: int | None = None) -> Path:
         cfg = self.cfg
-        log_path = self.run_dir / "train_log.csv"
+        main = self.accelerator.is_main_process
+        log_path = self.run_dir / ("train_log.csv" if main else f".train_log.rank{self.rank}.csv")
         new_log = not log_path.exists() or self.step == 0
+        tb = None
+        if main and cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         with open(log_path, "w" if new_log else "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
             if new_log:
                 writer.writeheader()
-            bar = tqdm(total=cfg.train.steps, initial=self.step, desc=f"train {cfg.algo.name}", unit="step")
+            bar = tqdm(total=cfg.train.steps, initial=self.step, desc=f"train {cfg.algo.name}", unit="step",
+                       disable=not main)
             last = None
             prefetch = iter(torch.utils.data.DataLoader(
                 StepBatches(self.data, cfg.train.seed, cfg.train.batch_size, self.step, cfg.train.steps),
@@ -298,6 +367,9 @@ class Trainer:
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     writer.writerow({k: row.get(k) for k in LOG_FIELDS})
                     fh.flush()
+                    if tb is not None:
+                        for k in LOG_FIELDS[1:]:
+                            tb.add_scalar(f"train/{k}", row[k], self.step)
                     logger.info("step %d loss %.4f target %.3f p_data %.3f", self.step, row["loss"],
                                 row["mean_target"], row["mean_p_data"])
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -307,6 +379,8 @@ class Trainer:
                 if stop_after is not None and self.step >= stop_after:
                     break
             bar.close()
+            if tb is not None:
+                tb.close()
         return last if last is not None else self.checkpoint()
 
 

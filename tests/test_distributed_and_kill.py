@@ -1,0 +1,96 @@
+"""Training as separate processes: SIGKILL mid-run then resume, and 2-process DDP (gloo, CPU)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qsft_robot.data.lerobot import write_lerobot_v30
+from qsft_robot.sim.collect import collect_episodes
+
+COMMON = ["--set", "algo.num_bins=16", "--set", "train.batch_size=8", "--set", "train.tensorboard=false",
+          "--set", "train.warmup_steps=1", "--set", "train.keep_last=5"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "ds"
+    write_lerobot_v30(collect_episodes("arm_reach", 6, "mixed", seed=0), root, fps=10)
+    return root
+
+
+def train_cmd(data, out, steps, *extra):
+    return ["-m", "qsft_robot.cli", "--log-level", "WARNING", "train", "--data", str(data), "--out", str(out),
+            "--set", f"train.steps={steps}", *COMMON, *extra]
+
+
+def weights(run, step):
+    d = run / "checkpoints" / f"step-{step:08d}"
+    return {sub: load_file(str(next((d / sub).glob("*.safetensors")))) for sub in ("model", "behavior", "target")}
+
+
+def assert_close(a, b, atol):
+    for sub in a:
+        assert a[sub].keys() == b[sub].keys()
+        for k in a[sub]:
+            assert torch.allclose(a[sub][k], b[sub][k], atol=atol), f"{sub}/{k}"
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, dataset):
+    steps = 8
+    full = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "full", steps, "--set", "train.save_every=2")],
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, *train_cmd(dataset, tmp_path / "killed", steps,
+                                                        "--set", "train.save_every=2")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*"))
+    assert done and done[-1] < f"step-{steps:08d}", done
+    resumed = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "killed", steps,
+                                                         "--set", "train.save_every=2")],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_close(weights(tmp_path / "full", steps), weights(tmp_path / "killed", steps), atol=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, dataset):
+    steps = 3
+    one = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "one", steps)],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                          *train_cmd(dataset, tmp_path / "two", steps)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = torch.load(tmp_path / "two" / "checkpoints" / f"step-{steps:08d}" / "trainer_state.pt", weights_only=False)
+    assert state["world_size"] == 2
+    assert_close(weights(tmp_path / "one", steps), weights(tmp_path / "two", steps), atol=1e-5)
+
+
+def test_batch_must_divide_over_processes(tmp_path, dataset):
+    p = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "r", 1, "--set", "train.batch_size=7",
+                                                   "--set", "train.grad_accum=2")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "train.grad_accum" in p.stderr
