@@ -256,3 +256,28 @@ def test_params_files_load_and_match_the_node():
         assert set(params) <= set(pn.PARAMS), set(params) - set(pn.PARAMS)
         assert params["enable_actuation"] is False
         assert pn.resolve_profile(params["robot_profile"]).is_file()
+
+
+def test_colcon_builds_the_workspace(tmp_path):
+    """colcon from the package index builds the ament_python package; the install space holds the
+    executables, launch file, params and robot profiles the launch file needs."""
+    import shutil
+
+    colcon = shutil.which("colcon")
+    if colcon is None:
+        pytest.skip("colcon not installed (pip install colcon-common-extensions, part of the 'dev' extra)")
+    ws = tmp_path / "ws"
+    shutil.copytree(ROOT / "ros2_ws", ws / "ros2_ws")
+    shutil.copytree(ROOT / "configs", ws / "configs")
+    p = subprocess.run([colcon, "build", "--packages-select", "qsft_robot", "--build-base", str(ws / "build"),
+                        "--install-base", str(ws / "install")], cwd=ws / "ros2_ws", capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    share = ws / "install" / "qsft_robot" / "share" / "qsft_robot"
+    for rel in ("package.xml", "launch/policy.launch.py", "config/base.yaml", "config/arm.yaml",
+                "config/robots/base.yaml", "config/robots/arm.yaml"):
+        assert (share / rel).is_file(), rel
+    for exe in ("policy_node", "sim_bridge"):
+        assert os.access(ws / "install" / "qsft_robot" / "lib" / "qsft_robot" / exe, os.X_OK), exe
+    index = ws / "install" / "qsft_robot" / "share" / "ament_index" / "resource_index" / "packages" / "qsft_robot"
+    assert index.is_file()

@@ -15,6 +15,8 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        # robot profiles live once, in the repository's configs/robots; installed beside the params
+        ("share/" + package_name + "/config/robots", glob("../../../configs/robots/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

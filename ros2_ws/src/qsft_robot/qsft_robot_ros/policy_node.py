@@ -24,7 +24,16 @@ from qsft_robot.ros.image_conv import ImageFormatError, compressed_to_rgb, image
 from qsft_robot.ros.profiles import RobotProfile
 from qsft_robot.ros.safety import SafetyFilter, State, Watchdog
 
-PROFILES_DIR = Path(__file__).resolve().parents[4] / "configs" / "robots"
+def profiles_dir() -> Path:
+    """Installed: <share>/qsft_robot/config/robots (colcon); from source: the repository's configs."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        installed = Path(get_package_share_directory("qsft_robot")) / "config" / "robots"
+        if installed.is_dir():
+            return installed
+    except (ImportError, LookupError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
+        pass
+    return Path(__file__).resolve().parents[4] / "configs" / "robots"
 
 PARAMS = {
     "checkpoint": "", "policy": "checkpoint", "mode": "argmax_q", "device": "auto", "robot_profile": "base",
@@ -37,7 +46,7 @@ PARAMS = {
 
 def resolve_profile(name: str) -> Path:
     p = Path(name)
-    return p if p.suffix in (".yaml", ".yml") else PROFILES_DIR / f"{name}.yaml"
+    return p if p.suffix in (".yaml", ".yml") else profiles_dir() / f"{name}.yaml"
 
 
 def load_policy(kind: str, checkpoint: str, mode: str, device: str):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
@@ -18,9 +16,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from qsft_robot.ros.image_conv import rgb_to_image_fields  # noqa: E402
 from qsft_robot.ros.profiles import RobotProfile  # noqa: E402
 from qsft_robot.sim.registry import make_task  # noqa: E402
-
-PROFILES_DIR = Path(__file__).resolve().parents[4] / "configs" / "robots"
-
+from qsft_robot_ros.policy_node import profiles_dir  # noqa: E402
 
 class SimBridge(Node):
     def __init__(self):
@@ -33,7 +29,7 @@ class SimBridge(Node):
         p = {k: self.get_parameter(k).value for k in defaults}
         self.env = make_task(p["task"], image_size=int(p["image_size"]), max_steps=int(p["max_steps"]))
         self.obs, _ = self.env.reset(seed=int(p["seed"]))
-        self.profile = RobotProfile.load(PROFILES_DIR / f"{p['robot_profile']}.yaml")
+        self.profile = RobotProfile.load(profiles_dir() / f"{p['robot_profile']}.yaml")
         self.command = np.zeros(len(self.profile.scale))
         self.done = False
         self.success = False
