@@ -65,6 +65,7 @@ class TrainConfig:
     mixed_precision: str = "no"     # no | bf16 | fp16 (GPU; accelerate autocast)
     device: str = "auto"            # auto | cpu | cuda
     tensorboard: bool = True
+    eval_every: int = 0             # >0: closed-loop success in sim (eval.task, eval.episodes) every N steps
 
 
 @dataclass

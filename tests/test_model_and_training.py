@@ -109,3 +109,23 @@ def test_frozen_behavior_is_trained_first_then_cached(tmp_path, episodes):
     imgs, instr, st = tr._inputs(idx)
     live = tr.adapter.teacher_forced_logits(tr.behavior, imgs, instr, st, tr.data.tokens[idx], with_dummy=False)
     assert torch.allclose(live, tr.pi_cache[idx].float(), atol=2e-2)
+
+
+def test_grad_accumulation_matches_the_full_batch(tmp_path, episodes):
+    full = Trainer(cfg_for(tmp_path / "full", steps=2), episodes)
+    full.train()
+    acc = Trainer(cfg_for(tmp_path / "acc", steps=2, **{"train.grad_accum": 2}), episodes)
+    acc.train()
+    for a, b in zip(full.model.parameters(), acc.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_periodic_eval_hook_logs_closed_loop_success(tmp_path, episodes):
+    import csv
+
+    cfg = cfg_for(tmp_path, algo="sft", steps=2, **{"train.eval_every": 2, "eval.episodes": 2, "eval.num_envs": 2})
+    Trainer(cfg, episodes).train()
+    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    evals = [r for r in rows if r["eval_success"]]
+    assert len(evals) == 1 and 0.0 <= float(evals[0]["eval_success"]) <= 1.0
+    assert (tmp_path / "eval" / "eval_step2_arm_reach.json").is_file()

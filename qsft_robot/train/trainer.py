@@ -28,7 +28,8 @@ from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.train.checkpoint import latest_valid_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
-LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "mean_p_data", "pi_entropy", "lr", "step_time"]
+LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "mean_p_data", "pi_entropy", "lr", "step_time",
+              "eval_success"]
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
@@ -313,6 +314,22 @@ class Trainer:
         self.step += 1
         return torch.tensor(total), stats
 
+    def periodic_eval(self) -> float:
+        """Closed-loop success of the current weights in the sim task of the config (main process)."""
+        from qsft_robot.algo.policy import Policy
+        from qsft_robot.sim.evaluate import evaluate
+
+        e = self.cfg.eval
+        self.model.eval()
+        mode = e.mode if self.qsft else "sft"
+        policy = Policy(self.adapter, behavior_model=self.behavior if self.qsft else None, mode=mode, beta=e.beta)
+        with torch.no_grad():
+            s = evaluate(policy, e.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs, videos=0,
+                         out_dir=self.run_dir / "eval", image_size=self.cfg.model.image_size,
+                         max_steps=e.max_steps, label=f"step{self.step}")
+        self.model.train()
+        return s["success_rate"]
+
     def frozen_behavior_due(self) -> bool:
         a = self.cfg.algo
         return self.qsft and a.behavior == "frozen" and self.pi_cache is None and self.step >= a.behavior_steps
@@ -363,13 +380,19 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, stats = self.train_step(next(prefetch) if prefetch is not None else None)
                 row = {"step": self.step, "loss": loss.item(), "lr": self.scheduler.get_last_lr()[0],
-                       "step_time": time.perf_counter() - t0, **stats}
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                       "step_time": time.perf_counter() - t0, "eval_success": None, **stats}
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and main:
+                    row["eval_success"] = self.periodic_eval()
+                    logger.info("step %d: closed-loop success %.2f on %s", self.step, row["eval_success"],
+                                cfg.eval.task)
+                log_now = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
+                if log_now or row["eval_success"] is not None:
                     writer.writerow({k: row.get(k) for k in LOG_FIELDS})
                     fh.flush()
                     if tb is not None:
                         for k in LOG_FIELDS[1:]:
-                            tb.add_scalar(f"train/{k}", row[k], self.step)
+                            if row[k] is not None:
+                                tb.add_scalar(f"train/{k}", row[k], self.step)
                     logger.info("step %d loss %.4f target %.3f p_data %.3f", self.step, row["loss"],
                                 row["mean_target"], row["mean_p_data"])
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
