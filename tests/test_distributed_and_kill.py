@@ -45,7 +45,8 @@ def assert_close(a, b, atol):
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, dataset):
     steps = 8
-    full = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "full", steps, "--set", "train.save_every=2")],
+    every = ("--set", "train.save_every=2")
+    full = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "full", steps, *every)],
                           capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
     proc = subprocess.Popen([sys.executable, *train_cmd(dataset, tmp_path / "killed", steps,

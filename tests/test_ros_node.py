@@ -68,7 +68,8 @@ class Probe:
         self.node = rclpy.create_node(f"probe_{os.getpid()}_{time.monotonic_ns()}")
         self.msgs: dict[str, list] = {"/qsft/preview": [], "/cmd_vel": [], "/qsft/status": [], "/sim/status": []}
         for topic in ("/qsft/preview", "/cmd_vel"):
-            self.node.create_subscription(Twist, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
+            self.node.create_subscription(
+                Twist, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
         for topic in ("/qsft/status", "/sim/status"):
             self.node.create_subscription(
                 String, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), json.loads(m.data))), 50)

@@ -47,7 +47,8 @@ class ScriptedExpert:
         wrong = self.rng.random() < q.wrong_target
         if wrong:
             self.aim = self.rng.choice([n for n in names if n != env.target])
-        self.stop_at = int(self.rng.integers(2, max(3, env.max_steps // 2))) if self.rng.random() < q.early_stop else None
+        stops = self.rng.random() < q.early_stop
+        self.stop_at = int(self.rng.integers(2, max(3, env.max_steps // 2))) if stops else None
         self.phase = 0
         return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None}
 

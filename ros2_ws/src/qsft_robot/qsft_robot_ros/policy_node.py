@@ -199,7 +199,8 @@ class PolicyNode(Node):
                 last_status = now
 
     def publish_status(self, state: State) -> None:
-        rate = (len(self.tick_times) - 1) / (self.tick_times[-1] - self.tick_times[0]) if len(self.tick_times) > 1 else 0.0
+        ticks = self.tick_times
+        rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 and ticks[-1] > ticks[0] else 0.0
         self.status_pub.publish(String(data=json.dumps({
             "state": state.value, "latency_ms": round(self.latency_ms, 2), "rate_hz": round(rate, 2),
             "instruction": self.instruction, "actuating": bool(self.p["enable_actuation"]), **self.counts})))
