@@ -32,3 +32,15 @@ def test_mixed_quality_lands_near_requested_rate(report):
     rate = np.mean([rollout_expert("arm_reach", s, "mixed", 32).success for s in range(60)])
     report(f"mixed success arm_reach: {rate:.2f}")
     assert 0.25 <= rate <= 0.65
+
+
+def test_parallel_collection_equals_serial():
+    from qsft_robot.sim.collect import collect_episodes
+
+    serial = collect_episodes("arm_reach", 4, "mixed", seed=3, image_size=32, workers=1)
+    parallel = collect_episodes("arm_reach", 4, "mixed", seed=3, image_size=32, workers=2)
+    assert [e.meta["seed"] for e in parallel] == [3, 4, 5, 6]
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.images["front"], b.images["front"])
+        assert (a.success, a.instruction) == (b.success, b.instruction)

@@ -55,7 +55,10 @@ def collect_episodes(task: str, episodes: int, quality: str = "mixed", seed: int
                 bar.update(1)
         else:
             chunks = [seeds[i::workers * 4] for i in range(workers * 4)]
-            with ProcessPoolExecutor(workers) as pool:
+            import multiprocessing as mp
+
+            # spawn, not fork: a forked child inherits the parent's EGL/OpenGL state and can deadlock
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 for eps in pool.map(_chunk, [(task, c, quality, image_size) for c in chunks if c]):
                     out += eps
                     bar.update(len(eps))
