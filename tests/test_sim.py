@@ -44,3 +44,18 @@ def test_parallel_collection_equals_serial():
         np.testing.assert_array_equal(a.actions, b.actions)
         np.testing.assert_array_equal(a.images["front"], b.images["front"])
         assert (a.success, a.instruction) == (b.success, b.instruction)
+
+
+def test_render_then_torch_dynamo_import_does_not_crash():
+    """Regression: with CUDA torch (which ships triton), importing torch._dynamo after an EGL context
+    existed segfaulted (two LLVMs in one process); qsft_robot.sim loads triton first."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton not installed (CPU-only torch): the crash cannot happen here")
+    code = ("from qsft_robot.sim.registry import make_task; e = make_task('arm_reach'); e.reset(seed=0); "
+            "e.render(64); import torch._dynamo; print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "ok" in p.stdout, (p.returncode, p.stderr[-2000:])
