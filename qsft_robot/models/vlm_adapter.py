@@ -134,11 +134,15 @@ class VLMAdapter:
         return Batch(ids.to(self.device), mask.to(self.device), self.preprocess_images(images))
 
     # ---- logits -------------------------------------------------------------------------------
-    def _forward(self, model, batch: Batch, keep: int, past_key_values=None, use_cache=False):
-        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
+    @staticmethod
+    def positions(attention_mask: Tensor) -> Tensor:
+        """Position ids under left padding: count real tokens only."""
+        return (attention_mask.cumsum(-1) - 1).clamp_min(0)
+
+    def _forward(self, model, batch: Batch, keep: int):
         return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     pixel_values=batch.pixel_values, position_ids=position_ids,
-                     logits_to_keep=keep, use_cache=use_cache, past_key_values=past_key_values)
+                     pixel_values=batch.pixel_values, position_ids=self.positions(batch.attention_mask),
+                     logits_to_keep=keep, use_cache=False)
 
     def action_logits(self, model, batch: Batch, keep: int, with_dummy: bool) -> Tensor:
         """(N, keep, B[+1]) logits restricted to the action bins at the last `keep` positions."""
@@ -173,7 +177,7 @@ class VLMAdapter:
         mask_bins = torch.as_tensor(self.action_tokenizer.bin_mask(), device=self.device)
         caches = [None] * len(models)
         ids, attn = batch.input_ids, batch.attention_mask
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        pos = self.positions(attn)
         chosen = []
         step_ids, step_pos, pix = ids, pos, batch.pixel_values
         for d in range(self.num_dims):

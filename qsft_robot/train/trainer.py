@@ -237,11 +237,12 @@ class Trainer:
         ad, d, D = self.adapter, self.data, self.adapter.num_dims
         images, instr, state = self._inputs(idx, images)
         tokens = torch.as_tensor(d.tokens[idx])
+        # one encoding of (P_t, b_t^{1:D-1}) serves pi_beta, theta and theta_bar
+        cur = ad.encode(images, instr, state, d.tokens[idx][:, :-1])
         if self.pi_cache is not None:
             beh_logits = self.pi_cache[idx].float()
         else:
-            beh_logits = ad.teacher_forced_logits(self.train_behavior, images, instr, state, d.tokens[idx],
-                                                  with_dummy=False)
+            beh_logits = ad.action_logits(self.train_behavior, cur, D, with_dummy=False)
         bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
         with torch.no_grad():
             entropy = float(-(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())
@@ -251,11 +252,10 @@ class Trainer:
             with torch.no_grad():
                 p_data = float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())
             return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0, "mean_p_data": p_data}
-        q_logits = ad.teacher_forced_logits(self.train_model, images, instr, state, d.tokens[idx], with_dummy=True)
+        q_logits = ad.action_logits(self.train_model, cur, D, with_dummy=True)
         nidx = d.next_index[idx]
         n_images, n_instr, n_state = self._inputs(nidx, next_images)
         with torch.no_grad():
-            cur = ad.encode(images, instr, state, d.tokens[idx][:, :-1])
             tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
             nxt = ad.encode(n_images, n_instr, n_state, None)
             tq_next = ad.action_logits(self.target, nxt, 1, with_dummy=True)[:, 0]
