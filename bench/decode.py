@@ -1,6 +1,7 @@
-"""Actions/second of argmax-Q decoding for the default model, with and without the KV cache.
+"""Actions/second of argmax-Q decoding for the default model, with and without the KV cache, and for
+each supported architecture's small config (same prompt, D=4).
 
-    python bench/decode.py [--batch 1 10] [--device cuda --dtype bfloat16 --compile]
+    python bench/decode.py [--batch 1 10] [--device cuda --dtype bfloat16 --compile] [--archs ...]
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--bins", type=int, default=256)
+    ap.add_argument("--archs", nargs="*", default=None, help="small-config architectures (default: all)")
     a = ap.parse_args()
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.config import load_config
@@ -39,9 +41,7 @@ def main():
         pol.adapter.model.forward = torch.compile(pol.adapter.model.forward, dynamic=True)
     rows = []
     for n in a.batch:
-        imgs = np.stack([eps[i % len(eps)].images["front"][:1] for i in range(n)])
-        instr = [eps[i % len(eps)].instruction for i in range(n)]
-        st = np.stack([eps[i % len(eps)].state[0] for i in range(n)])
+        imgs, instr, st = _inputs(eps, n)
         res = {}
         for mode in ("argmax_q", "paper"):
             for cache in (False, True):
@@ -53,6 +53,38 @@ def main():
     table(f"decode: actions/s, default model (D=4, B={a.bins}), {a.device} {a.dtype}"
           f"{' compiled' if a.compile else ''} — {machine()}",
           ["batch", "mode", "no cache", "KV cache", "speed-up"], rows)
+    arch_table(eps, a, pol.action_tokenizer)
+
+
+def _inputs(eps, n):
+    cam = next(iter(eps[0].images))
+    imgs = np.stack([eps[i % len(eps)].images[cam][:1] for i in range(n)])
+    instr = [eps[i % len(eps)].instruction for i in range(n)]
+    st = np.stack([eps[i % len(eps)].state[0] for i in range(n)])
+    return imgs, instr, st
+
+
+def arch_table(eps, a, action_tokenizer):
+    """Each family through its own processor/input layout: hidden 128, 2+2 layers, random weights."""
+    from qsft_robot.models.small_vlms import ARCHS, build_small_vlm
+    from qsft_robot.models.vlm_adapter import VLMAdapter
+
+    rows = []
+    words = sorted({w for e in eps for w in e.instruction.split()})
+    for arch in a.archs if a.archs is not None else ARCHS:
+        model, proc = VLMAdapter.from_pretrained(build_small_vlm(arch, OUT / "archs" / arch, words, hidden=128),
+                                                 device=a.device, dtype=getattr(torch, a.dtype))
+        VLMAdapter.add_action_vocab(model, proc, action_tokenizer)
+        ad = VLMAdapter(model.eval(), proc, action_tokenizer)
+        n_params = sum(p.numel() for p in model.parameters()) / 1e6
+        for n in a.batch:
+            imgs, instr, st = _inputs(eps, n)
+            t = {c: timeit(lambda: ad.decode(imgs, instr, st, use_cache=c), repeat=5) for c in (False, True)}
+            rows.append([arch, f"{n_params:.2f}M", n, f"{n / t[False]:.1f}", f"{n / t[True]:.1f}",
+                         f"{t[False] / t[True]:.2f}x"])
+    table(f"decode per architecture (small configs, argmax_q, D=4, B={action_tokenizer.bins[0]}), "
+          f"{a.device} {a.dtype} — {machine()}", ["arch", "params", "batch", "no cache", "KV cache", "speed-up"],
+          rows)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `qsft-robot` command: collect, train, eval, demo, data inspect."""
+"""The `qsft-robot` command: collect, train, eval, demo, benchmark, qvalues, data inspect."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -80,6 +82,52 @@ def cmd_inspect(a) -> int:
     return 1 if report["problems"] and a.strict else 0
 
 
+def cmd_qvalues(a) -> int:
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.algo.qvalues import plot_qvalues, qvalue_table
+
+    pol = load_policy(a.checkpoint)
+    logged = None
+    if a.data:
+        from qsft_robot.data.lerobot import iter_lerobot
+        for i, ep in enumerate(iter_lerobot(a.data)):
+            if i == a.episode:
+                break
+        else:
+            raise FileNotFoundError(f"{a.data} has no episode {a.episode}")
+        if not 0 <= a.frame < len(ep.actions):
+            raise ValueError(f"episode {a.episode} has {len(ep.actions)} frames; --frame {a.frame} is out of range")
+        image = np.stack([ep.images[c][a.frame] for c in ep.images])
+        instruction, state = ep.instruction, None if ep.state is None else ep.state[a.frame]
+        logged = pol.action_tokenizer.encode(ep.actions[a.frame][None])[0]
+        title = f"{a.data} episode {a.episode} frame {a.frame}: {instruction}"
+    else:
+        from qsft_robot.sim.registry import make_task
+        env = make_task(a.task)
+        obs, _ = env.reset(seed=a.seed)
+        for _ in range(a.frame):  # roll the policy forward to the frame asked for
+            obs, *_ = env.step(pol.act(np.stack([obs["images"][env.camera]])[:, None], [obs["instruction"]],
+                                       obs["state"][None])[0])
+        image, instruction, state = obs["images"][env.camera][None], obs["instruction"], obs["state"]
+        title = f"{a.task} seed {a.seed} step {a.frame}: {instruction}"
+    table = qvalue_table(pol, image, a.instruction or instruction, state)
+    path = plot_qvalues(table, a.out, image=image, title=title, data_tokens=logged)
+    print(f"chosen bins {table['chosen'].tolist()}" + (f", logged bins {logged.tolist()}" if logged is not None
+                                                       else "") + f"\nplot: {path}")
+    return 0
+
+
+def cmd_benchmark(a) -> int:
+    from qsft_robot.benchmark import TUNED_Q, BenchSpec, format_markdown, run_benchmark
+
+    spec = BenchSpec(tasks=a.tasks, seeds=a.seeds, episodes=a.episodes, bc_steps=a.bc_steps, q_steps=a.q_steps,
+                     eval_episodes=a.eval_episodes, overrides=a.overrides or [],
+                     q_overrides=a.q_overrides if a.q_overrides is not None else list(TUNED_Q))
+    res = run_benchmark(spec, a.out)
+    print(format_markdown(res) + f"\nplot: {Path(a.out) / 'offline_rl.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qsft-robot", description=__doc__)
     ap.add_argument("--log-level", default="INFO")
@@ -88,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
     p.add_argument("--task", default="arm_reach")
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--quality", default="mixed", help="expert | mixed | poor")
+    p.add_argument("--quality", default="mixed", help="expert | mixed | poor | biased")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
@@ -121,6 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(fn=cmd_demo)
 
+    p = sub.add_parser("qvalues", help="plot p_theta (Q) and pi_beta over the bins for one frame")
+    p.add_argument("checkpoint")
+    p.add_argument("--task", default="arm_reach", help="sim frame: this task at --seed, --frame policy steps in")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--data", help="or a LeRobot dataset frame (--episode, --frame)")
+    p.add_argument("--episode", type=int, default=0)
+    p.add_argument("--frame", type=int, default=0)
+    p.add_argument("--instruction", default="", help="override the instruction")
+    p.add_argument("--out", default="outputs/qvalues.png")
+    p.set_defaults(fn=cmd_qvalues)
+
+    p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
+    p.add_argument("--tasks", nargs="+", default=["arm_reach_red", "base_goto_red"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--bc-steps", type=int, default=500)
+    p.add_argument("--q-steps", type=int, default=300)
+    p.add_argument("--eval-episodes", type=int, default=50)
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="every run")
+    p.add_argument("--q-set", dest="q_overrides", action="append", metavar="KEY=VALUE",
+                   help="Q-SFT runs only (replaces the tuned defaults)")
+    p.add_argument("--out", default="outputs/offline_rl")
+    p.set_defaults(fn=cmd_benchmark)
+
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("inspect", help="episodes, frames, cameras, action stats, rewards, problems")
@@ -142,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"qsft-robot: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,9 +18,14 @@ class ModelConfig:
     preset: str = "tiny"            # "tiny" (built from config) or "pretrained" (local HF folder)
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
     image_size: int = 64
+    patch_size: int = 16            # tiny preset: vision patch size ((image_size/patch_size)^2 image tokens)
+    image_position: str = "first"   # first | after_instruction (image tokens after the question)
     use_state: bool = True          # proprio state as text in the prompt
     token_mapping: str = "added_tokens"  # or "least_used" (OpenVLA)
     dtype: str = "float32"
+    lora_rank: int = 0              # >0: theta, pi_beta, theta_bar as LoRA adapters over one frozen base (peft)
+    lora_alpha: int = 32
+    lora_targets: list = field(default_factory=list)  # module names; empty: attention, MLP and lm_head
 
 
 @dataclass
@@ -32,6 +37,7 @@ class AlgoConfig:
     leftover: str = "dummy"         # dummy | uniform (see README: why dummy is the default)
     behavior: str = "joint"         # joint | frozen (train pi_beta first, then freeze)
     behavior_steps: int = 0         # steps of pi_beta pre-training when behavior=frozen
+    behavior_init: str = ""         # a BC (sft) checkpoint/run: pi_beta = it, frozen; theta, theta_bar start from it
     num_bins: int = 256
     per_dim_bins: dict = field(default_factory=dict)
 
@@ -43,6 +49,7 @@ class DataConfig:
     reward: str = "auto"            # auto | success | reward | python:module:function
     cameras: list = field(default_factory=list)  # empty: all cameras in the dataset
     instruction: str = ""           # for logs without language (ALOHA HDF5)
+    end_is_terminal: bool = False   # last step of every episode is terminal (failed time-out = value 0)
     drop_nonfinite: bool = False    # drop frames with NaN/inf actions (counted in the log) instead of failing
 
 

@@ -1,4 +1,8 @@
-"""`qsft-robot demo`: collect mixed-quality data -> train Q-SFT and SFT -> evaluate both -> table."""
+"""`qsft-robot demo`: collect mixed-quality data -> train SFT, then Q-SFT on top of it -> evaluate both.
+
+Q-SFT's pi_beta *is* the SFT model (frozen, logits cached), and theta / theta_bar start from it: the
+benchmark's recipe, and the cheapest honest comparison (same data, same model, same BC run).
+"""
 from __future__ import annotations
 
 import json
@@ -10,8 +14,12 @@ from qsft_robot.config import load_config
 
 logger = logging.getLogger(__name__)
 
-FULL = {"episodes": 200, "steps": 400, "eval_episodes": 50}
-QUICK = {"episodes": 40, "steps": 30, "eval_episodes": 10}
+FULL = {"episodes": 200, "steps": 500, "q_steps": 300, "eval_episodes": 50}
+QUICK = {"episodes": 40, "steps": 30, "q_steps": 15, "eval_episodes": 10}
+# what configs/demo.yaml says, applied when no --config is given (an installed package has no configs/)
+RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=base_goto_red", "algo.num_bins=32",
+          "train.lr=0.001", "algo.support_eps=0.05", "data.end_is_terminal=true", "algo.polyak_alpha=0.5",
+          "algo.gamma=0.9"]
 
 
 def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str | None = None,
@@ -24,6 +32,7 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str 
     size = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    overrides = [*(RECIPE if config is None else []), *(overrides or [])]
     base = load_config(config, overrides)
     task = base.collect.task
     t0 = time.perf_counter()
@@ -34,15 +43,20 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str 
         write_lerobot_v30(eps, data_dir, fps=FPS, robot_type=task)
     collect_s = time.perf_counter() - t0
     rows, summaries = [], []
+    sft_ckpt = None
     for algo in ("sft", "qsft"):
         t1 = time.perf_counter()
-        cfg = load_config(config, [f"data.path={data_dir}", f"algo.name={algo}", f"train.out_dir={out / algo}",
-                                   f"train.steps={size['steps']}", *(overrides or [])])
+        sets = [f"data.path={data_dir}", f"algo.name={algo}", f"train.out_dir={out / algo}",
+                f"train.steps={size['steps'] if algo == 'sft' else size['q_steps']}"]
+        if algo == "qsft":
+            sets.append(f"algo.behavior_init={sft_ckpt}")
+        cfg = load_config(config, [*sets, *overrides])
         from qsft_robot.train.trainer import train
         ckpt = train(cfg)
+        sft_ckpt = sft_ckpt or ckpt
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
-        s = evaluate(load_policy(ckpt), task, episodes=size["eval_episodes"], seed=cfg.eval.seed,
+        s = evaluate(load_policy(ckpt), cfg.eval.task, episodes=size["eval_episodes"], seed=cfg.eval.seed,
                      num_envs=cfg.eval.num_envs, videos=cfg.eval.videos, out_dir=out / "eval",
                      image_size=cfg.model.image_size, label=algo)
         summaries.append(s)

@@ -26,7 +26,7 @@ def test_collect_train_eval_inspect(tmp_path):
     out = run("collect", "--task", "arm_reach", "--episodes", "6", "--out", str(ds), "--hdf5", str(tmp_path / "d.hdf5"))
     assert "wrote 6 episodes" in out.stdout
     insp = json.loads(run("data", "inspect", str(ds), "--json").stdout)
-    assert insp["episodes"] == 6 and insp["action_dims"] == 4 and insp["cameras"]["front"] == [64, 64, 3]
+    assert insp["episodes"] == 6 and insp["action_dims"] == 4 and insp["cameras"]["wrist"] == [64, 64, 3]
     assert json.loads(run("data", "inspect", str(tmp_path / "d.hdf5"), "--json").stdout)["episodes"] == 6
     run("train", "--data", str(ds), "--out", str(tmp_path / "run"), "--set", "train.steps=2",
         "--set", "train.batch_size=4", "--set", "algo.num_bins=16")

@@ -154,6 +154,10 @@ def test_reward_rules_episode_list_and_all_success(tmp_path):
     tr = build_transitions(eps, tok, 0.9, "episodes:2")
     assert tr.reward.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1] and tr.reward_rule == "episodes:2"
     assert tr.done.tolist() == [False] * 8 + [True]
+    # end_is_terminal: failed episodes end in a terminal 0 instead of bootstrapping through the time-out
+    tr = build_transitions(eps, tok, 0.9, "episodes:2", end_is_terminal=True)
+    assert tr.done.tolist() == [False, False, True, False, False, False, True, False, True]
+    assert tr.reward.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1]
     tr = build_transitions(eps, tok, 0.9, "all_success")
     assert tr.reward.sum() == 3 and tr.done.sum() == 3
     with pytest.raises(DatasetError, match="episode indices"):

@@ -15,7 +15,7 @@ from qsft_robot.train.trainer import Trainer
 
 def test_memmap_store_matches_decoded_frames_and_workers_match_inline(tmp_path):
     write_lerobot_v30(collect_episodes("arm_reach", 6, "mixed", seed=0), tmp_path / "ds", fps=10)
-    decoded = np.concatenate([np.stack([e.images["front"]], 1) for e in read_lerobot(tmp_path / "ds")[0]])
+    decoded = np.concatenate([np.stack([e.images["wrist"]], 1) for e in read_lerobot(tmp_path / "ds")[0]])
 
     def run(name, workers):
         cfg = load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / name}",

@@ -13,6 +13,8 @@ import torch
 import yaml
 
 from qsft_robot.data.action_tokenizer import ActionTokenizer
+from qsft_robot.models.families import load_processor
+from qsft_robot.models.lora import is_lora_folder, load_lora
 from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.train.checkpoint import resolve_checkpoint
 
@@ -48,17 +50,25 @@ def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "
     ckpt = resolve_checkpoint(checkpoint)
     cfg = yaml.safe_load((ckpt / "qsft_config.yaml").read_text())
     tok = ActionTokenizer.load(ckpt / "action_tokenizer.json")  # never refit: decode with its own stats
-    model, processor = VLMAdapter.from_pretrained(ckpt / "model", device=device)
-    model.eval()
     algo = cfg["algo"]["name"]
-    behavior = None
-    if (ckpt / "behavior" / "config.json").is_file():
-        from transformers import AutoModelForImageTextToText
-        behavior = AutoModelForImageTextToText.from_pretrained(ckpt / "behavior").to(device).eval()
+    has_behavior = (ckpt / "behavior" / "config.json").is_file()
+    if is_lora_folder(ckpt / "model"):  # adapters over one shared base
+        views = load_lora({"theta": ckpt / "model", **({"behavior": ckpt / "behavior"} if has_behavior else {})},
+                          device=device)
+        model, behavior = views["theta"], views.get("behavior")
+        processor = load_processor(ckpt / "model", model.config.model_type)
+    else:
+        model, processor = VLMAdapter.from_pretrained(ckpt / "model", device=device)
+        behavior = None
+        if has_behavior:
+            from transformers import AutoModelForImageTextToText
+            behavior = AutoModelForImageTextToText.from_pretrained(ckpt / "behavior").to(device).eval()
+    model.eval()
     mode = mode or ("argmax_q" if algo == "qsft" else "sft")
     if algo != "qsft" and mode != "sft":
         raise ValueError(f"checkpoint {ckpt} was trained with {algo}: only mode 'sft' applies")
     leftover = cfg["algo"]["leftover"] if algo == "qsft" else "uniform"
-    adapter = VLMAdapter(model, processor, tok, use_state=cfg["model"]["use_state"], leftover=leftover)
+    adapter = VLMAdapter(model, processor, tok, use_state=cfg["model"]["use_state"], leftover=leftover,
+                         image_position=cfg["model"].get("image_position", "first"))
     logger.info("loaded %s policy from %s (mode %s)", algo, ckpt, mode)
     return Policy(adapter, behavior_model=behavior, mode=mode, **kw)

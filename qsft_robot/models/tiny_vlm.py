@@ -52,6 +52,22 @@ def build_tokenizer(extra_words=()):
     return fast
 
 
+def _rescale_init(model, std: float) -> None:
+    """Every Linear / Embedding weight ~ N(0, std^2) with std = 1/sqrt(width), instead of HF's 0.02.
+
+    0.02 is tuned for 4096-wide models; at 192 wide the decoder starts with near-uniform attention
+    and the projected image features are ~25x larger than the text embeddings, and it then takes
+    hundreds of steps before the action logits depend on the image at all. Measured on a probe (a red
+    square's x position -> 8 bins, batch 16, lr 1e-3, 150 steps): 31% accuracy with HF's init, 56%
+    with initializer_range = 1/sqrt(width) in the configs, 88% with this.
+    """
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.weight.normal_(0.0, std)
+
+
 def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 16,
                    vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 192,
                    text_layers: int = 3, seed: int = 0) -> Path:
@@ -81,6 +97,7 @@ def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, pa
                          vision_feature_select_strategy="default")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    _rescale_init(model, text_hidden ** -0.5)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

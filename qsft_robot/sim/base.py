@@ -47,9 +47,13 @@ class BaseTask(MujocoTask):
     state_dim = 2
     camera = "ego"
 
-    def __init__(self, max_lin: float = 0.5, max_ang: float = 1.5, control_dt: float = 0.2, **kw):
+    def __init__(self, max_lin: float = 0.5, max_ang: float = 1.5, control_dt: float = 0.2, target: str = "",
+                 **kw):
         kw.setdefault("max_steps", 50)
+        if target and target not in CONES:
+            raise ValueError(f"unknown cone {target!r}; choose from {CONES}")
         super().__init__(**kw)
+        self.fixed_target = target  # '' : a random cone per episode (language-conditioned)
         self.max_lin, self.max_ang, self.control_dt = max_lin, max_ang, control_dt
 
     def _build(self) -> None:
@@ -72,7 +76,7 @@ class BaseTask(MujocoTask):
         for c, p in zip(CONES, pts):
             self.model.body_pos[self._cone_body[c]][:2] = p
         self.data.qpos[:3] = [0.0, 0.0, self.rng.uniform(-np.pi, np.pi)]
-        self.target = CONES[self.rng.integers(len(CONES))]
+        self.target = self.fixed_target or CONES[self.rng.integers(len(CONES))]
         self.instruction = f"drive to the {self.target} cone"
 
     def _apply(self, action: np.ndarray) -> None:

@@ -30,7 +30,8 @@ class MujocoTask:
     """
 
     action_dim: int = 0
-    camera: str = "front"
+    camera: str = "front"          # the observation camera (what the policy sees)
+    video_camera: str = ""          # what videos show; empty: the observation camera
     state_dim: int = 0
 
     def __init__(self, image_size: int = 64, max_steps: int = 40, render_size: int = 192):
@@ -57,14 +58,15 @@ class MujocoTask:
             self._renderers[size] = mujoco.Renderer(self.model, size, size)
         return self._renderers[size]
 
-    def render(self, size: int | None = None) -> np.ndarray:
+    def render(self, size: int | None = None, camera: str | None = None) -> np.ndarray:
+        """Offscreen RGB; by default the video view at render_size (observations pass their camera)."""
         r = self._renderer(size or self.render_size)
-        r.update_scene(self.data, camera=self.camera)
+        r.update_scene(self.data, camera=camera or self.video_camera or self.camera)
         return r.render().copy()
 
     def observation(self) -> dict:
-        return {"images": {self.camera: self.render(self.image_size)}, "state": self._state().astype(np.float32),
-                "instruction": self.instruction}
+        return {"images": {self.camera: self.render(self.image_size, self.camera)},
+                "state": self._state().astype(np.float32), "instruction": self.instruction}
 
     def reset(self, seed: int | None = None):
         if seed is not None:

@@ -81,9 +81,8 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
 
 
 def plot_success(summaries: list[dict], path: str | Path, title: str = "closed-loop success") -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from qsft_robot.plots import pyplot, save_figure
+    plt = pyplot()
 
     labels = [s["label"] for s in summaries]
     rates = np.array([s["success_rate"] for s in summaries])
@@ -94,9 +93,4 @@ def plot_success(summaries: list[dict], path: str | Path, title: str = "closed-l
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate (95% CI)")
     ax.set_title(f"{title} ({summaries[0]['task']}, n={summaries[0]['episodes']})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -18,10 +18,15 @@ class Quality:
     noise: float = 0.0          # std of Gaussian action noise (action units, actions in [-1, 1])
     wrong_target: float = 0.0   # probability an episode goes for another object
     early_stop: float = 0.0     # probability the expert freezes part-way through the episode
+    # which other object a wrong episode goes for: "random", or "nearest" (the distractor closest to
+    # the robot at the start: a language-blind operator's systematic mistake, so that in the logs the
+    # *most common* action at the start of an episode is the wrong one, which is where BC fails)
+    wrong_choice: str = "random"
 
     @classmethod
     def preset(cls, name: str) -> "Quality":
-        presets = {"expert": cls(0.05, 0.0, 0.0), "mixed": cls(0.3, 0.45, 0.2), "poor": cls(0.6, 0.7, 0.3)}
+        presets = {"expert": cls(0.05, 0.0, 0.0), "mixed": cls(0.3, 0.45, 0.2), "poor": cls(0.6, 0.7, 0.3),
+                   "biased": cls(0.2, 0.6, 0.0, "nearest")}
         if name not in presets:
             raise ValueError(f"unknown quality {name!r}; choose from {sorted(presets)}")
         return presets[name]
@@ -46,11 +51,21 @@ class ScriptedExpert:
         self.aim, self.aim_goal = env.target, getattr(env, "goal", "")
         wrong = self.rng.random() < q.wrong_target
         if wrong:
-            self.aim = self.rng.choice([n for n in names if n != env.target])
+            others = [n for n in names if n != env.target]
+            if q.wrong_choice == "nearest":
+                self.aim = min(others, key=lambda n: float(np.linalg.norm(self._pos(n)[:2] - self._start_xy())))
+            else:
+                self.aim = self.rng.choice(others)
         stops = self.rng.random() < q.early_stop
         self.stop_at = int(self.rng.integers(2, max(3, env.max_steps // 2))) if stops else None
         self.phase = 0
         return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None}
+
+    def _pos(self, name: str) -> np.ndarray:
+        return self.env.block_pos(name) if isinstance(self.env, ArmTask) else self.env.cone_pos(name)
+
+    def _start_xy(self) -> np.ndarray:
+        return self.env.hand_pos[:2] if isinstance(self.env, ArmTask) else self.env.pose[:2]
 
     def act(self) -> np.ndarray:
         env = self.env

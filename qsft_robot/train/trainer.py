@@ -25,7 +25,7 @@ from qsft_robot.data.episode import DatasetError, Episode
 from qsft_robot.data.transitions import Transitions, build_transitions
 from qsft_robot.models.tiny_vlm import build_tiny_vlm, instruction_words
 from qsft_robot.models.vlm_adapter import VLMAdapter
-from qsft_robot.train.checkpoint import latest_valid_checkpoint, save_checkpoint
+from qsft_robot.train.checkpoint import latest_valid_checkpoint, resolve_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "mean_p_data", "pi_entropy", "lr", "step_time",
@@ -93,9 +93,13 @@ def load_episodes(cfg: RunConfig) -> list[Episode]:
 
 
 def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokenizer: ActionTokenizer):
+    if cfg.algo.behavior_init:  # a trained BC model: it already has the action vocabulary
+        return VLMAdapter.from_pretrained(resolve_checkpoint(cfg.algo.behavior_init) / "model",
+                                          dtype=getattr(torch, cfg.model.dtype))
     if cfg.model.preset == "tiny":
         base = build_tiny_vlm(run_dir / "base_model", extra_words=instruction_words(e.instruction for e in episodes),
-                              image_size=cfg.model.image_size, seed=cfg.train.seed)
+                              image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
+                              seed=cfg.train.seed)
     else:
         base = Path(cfg.model.path)
     model, processor = VLMAdapter.from_pretrained(base, dtype=getattr(torch, cfg.model.dtype))
@@ -150,6 +154,8 @@ class Trainer:
         all_actions = np.concatenate([e.actions for e in episodes])
         self.tokenizer = ActionTokenizer.fit(all_actions, cfg.algo.num_bins,
                                              {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()})
+        if cfg.algo.behavior_init:
+            self._check_behavior_init()
         found = latest_valid_checkpoint(self.run_dir)
         if found is not None:  # resuming: keep the statistics the weights were trained with
             saved = ActionTokenizer.load(found[0] / "action_tokenizer.json")
@@ -159,21 +165,25 @@ class Trainer:
                                   f"train.out_dir or the original data")
             self.tokenizer = saved
         self.data: Transitions = build_transitions(episodes, self.tokenizer, cfg.algo.gamma, cfg.data.reward,
-                                                   cfg.data.cameras or None, images=store)
+                                                   cfg.data.cameras or None, images=store,
+                                                   end_is_terminal=cfg.data.end_is_terminal)
         with self.accelerator.main_process_first():
             self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
         self.model.to(self.accelerator.device)
         self.qsft = cfg.algo.name == "qsft"
         self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
-                                  leftover=cfg.algo.leftover)
-        if self.qsft:
+                                  leftover=cfg.algo.leftover, image_position=cfg.model.image_position)
+        if cfg.model.lora_rank > 0:
+            self._wrap_lora()
+        elif self.qsft:
             self.behavior = copy.deepcopy(self.model)
             self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
-            params = list(self.model.parameters()) + list(self.behavior.parameters())
+        if self.qsft:
+            params = [p for m in (self.model, self.behavior) for p in m.parameters() if p.requires_grad]
         else:  # BC baselines: the acting model *is* pi_beta
             self.behavior = self.model
             self.target = None
-            params = list(self.model.parameters())
+            params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.step = 0
@@ -187,6 +197,43 @@ class Trainer:
             self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
             self.train_behavior = self.train_model
 
+    def _check_behavior_init(self) -> None:
+        """pi_beta from a finished BC run (DESIGN §2.3's frozen variant, without re-training it):
+        same data statistics required, and pi_beta is then frozen with its logits cached."""
+        a = self.cfg.algo
+        if a.name != "qsft":
+            raise ConfigError(f"config key 'algo.behavior_init' applies to algo.name=qsft, not {a.name!r}")
+        src = resolve_checkpoint(a.behavior_init)
+        saved = ActionTokenizer.load(src / "action_tokenizer.json")
+        if saved.bins != self.tokenizer.bins or not np.allclose(saved.low, self.tokenizer.low) \
+                or not np.allclose(saved.high, self.tokenizer.high):
+            raise ConfigError(f"algo.behavior_init={src} was trained with other action bins/statistics "
+                              f"({saved.bins}); train it on the same data and algo.num_bins")
+        self.tokenizer = saved
+        a.behavior, a.behavior_steps = "frozen", 0
+        logger.info("pi_beta, theta and theta_bar start from %s; pi_beta frozen", src)
+
+    def _wrap_lora(self) -> None:
+        """One frozen base (saved once with its resized vocabulary) + an adapter per network."""
+        from qsft_robot.models.lora import wrap_with_lora
+        m = self.cfg.model
+        base_dir = self.run_dir / "lora_base"
+        with self.accelerator.main_process_first():
+            if self.accelerator.is_main_process and not (base_dir / "config.json").is_file():
+                self.model.save_pretrained(base_dir)
+                self.processor.save_pretrained(base_dir)
+        names = ["theta", "behavior", "target"] if self.qsft else ["theta"]
+        views = wrap_with_lora(self.model, base_dir, names, rank=m.lora_rank, alpha=m.lora_alpha,
+                               targets=m.lora_targets or None)
+        self.model = views["theta"]
+        self.adapter.model = self.model
+        if self.qsft:
+            self.behavior = views["behavior"]
+            self.target = views["target"].requires_grad_(False).eval()
+        n_train = sum(p.numel() for v in views.values() for p in v.parameters())
+        n_base = sum(p.numel() for p in self.model.peft_model.base_model.model.parameters() if not p.requires_grad)
+        logger.info("LoRA rank %d: %d adapter parameters over a frozen base of %d", m.lora_rank, n_train, n_base)
+
     # ---- resume -------------------------------------------------------------------------------
     def _maybe_resume(self) -> None:
         found = latest_valid_checkpoint(self.run_dir)
@@ -194,6 +241,9 @@ class Trainer:
             return
         ckpt, state = found
         def load(model, sub):
+            if hasattr(model, "load_adapter_weights"):  # LoRA view
+                model.load_adapter_weights(ckpt / sub)
+                return
             # through from_pretrained: HF renames keys on save/load, so a raw state dict would not match
             saved = type(model).from_pretrained(ckpt / sub, dtype=next(model.parameters()).dtype)
             model.load_state_dict(saved.state_dict(), strict=True)

@@ -1,0 +1,140 @@
+"""Offline-RL benchmark: BC vs filtered BC vs Q-SFT on the same mixed-quality sim data, same model.
+
+Per task: collect one dataset (scripted operators, ~40% successful episodes), then for every
+training seed train BC ("sft") and filtered BC on it, and Q-SFT with pi_beta = that seed's BC model
+(frozen, DESIGN §2.3's frozen variant; theta and theta_bar start from it), and evaluate every policy in
+closed loop on the same held-out episode seeds. Output: a markdown table (mean success over seeds,
+per-seed numbers, Wilson 95% interval over all pooled episodes), a PNG chart and a JSON file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+METHODS = ("sft", "filtered_bc", "qsft")
+# Q-SFT settings tuned on held-out eval seeds (5000+) of base_goto_red with seed 0's BC model; the
+# README's Results explains each (support threshold, failed time-outs as terminals, fast target net)
+TUNED_Q = ["algo.support_eps=0.05", "data.end_is_terminal=true", "algo.polyak_alpha=0.5", "algo.gamma=0.9"]
+LABELS = {"sft": "BC", "filtered_bc": "filtered BC", "qsft": "Q-SFT"}
+
+
+@dataclass
+class BenchSpec:
+    tasks: list = field(default_factory=lambda: ["arm_reach_red", "base_goto_red"])
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    episodes: int = 200             # dataset size per task
+    quality: str = "biased"         # see sim/experts.py: Quality presets
+    bc_steps: int = 500             # BC and filtered BC
+    q_steps: int = 300              # Q-SFT steps after pi_beta (= the BC run of the same seed)
+    eval_episodes: int = 50
+    eval_seed: int = 1000           # held-out: data uses seeds from 0, tuning used 5000+
+    overrides: list = field(default_factory=list)    # applied to every run, e.g. algo.num_bins=32
+    q_overrides: list = field(default_factory=lambda: list(TUNED_Q))  # Q-SFT only
+
+
+def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list) -> tuple[Path, float]:
+    from qsft_robot.config import load_config
+    from qsft_robot.train.trainer import train
+    t = time.perf_counter()
+    cfg = load_config(None, [f"data.path={data}", f"algo.name={algo}", f"train.out_dir={out}",
+                             f"train.steps={steps}", f"train.seed={seed}", f"train.save_every={steps}",
+                             "train.keep_last=1", "train.tensorboard=false", *sets])
+    return train(cfg), time.perf_counter() - t
+
+
+def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.data.lerobot import write_lerobot_v30
+    from qsft_robot.sim.collect import FPS, collect_episodes
+    from qsft_robot.sim.evaluate import evaluate, wilson_interval
+
+    out = Path(out)
+    results: dict = {"spec": asdict(spec), "tasks": {}}
+    base_sets = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", *spec.overrides]
+    for task in spec.tasks:
+        data = out / task / "dataset"
+        if not (data / "meta" / "info.json").is_file():
+            eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64)
+            write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
+            data_success = float(np.mean([e.success for e in eps]))
+        else:
+            data_success = json.loads((out / task / "results.json").read_text())["data_success"] \
+                if (out / task / "results.json").is_file() else float("nan")
+        runs = {m: [] for m in METHODS}
+        for seed in spec.seeds:
+            run = out / task / f"seed{seed}"
+            ckpts = {}
+            ckpts["sft"], t_sft = _train(data, run / "sft", "sft", spec.bc_steps, seed, base_sets)
+            ckpts["filtered_bc"], t_fbc = _train(data, run / "filtered_bc", "filtered_bc", spec.bc_steps, seed,
+                                                 base_sets)
+            ckpts["qsft"], t_q = _train(data, run / "qsft", "qsft", spec.q_steps, seed,
+                                        [*base_sets, f"algo.behavior_init={ckpts['sft']}", *spec.q_overrides])
+            for m, t in zip(METHODS, (t_sft, t_fbc, t_q)):
+                s = evaluate(load_policy(ckpts[m]), task, episodes=spec.eval_episodes, seed=spec.eval_seed,
+                             num_envs=10, videos=1 if seed == spec.seeds[0] else 0, out_dir=run / "eval",
+                             label=f"{m}_seed{seed}")
+                runs[m].append({"seed": seed, "success": s["success_rate"], "n": s["episodes"],
+                                "train_s": t, "checkpoint": str(ckpts[m]), "videos": s["videos"]})
+        rows = {}
+        for m in METHODS:
+            k = sum(round(r["success"] * r["n"]) for r in runs[m])
+            n = sum(r["n"] for r in runs[m])
+            rows[m] = {"mean": float(np.mean([r["success"] for r in runs[m]])),
+                       "per_seed": [r["success"] for r in runs[m]], "ci95": list(wilson_interval(k, n)), "n": n,
+                       "train_s": float(np.mean([r["train_s"] for r in runs[m]]))}
+        results["tasks"][task] = {"data_success": data_success, "rows": rows, "runs": runs}
+        (out / task).mkdir(parents=True, exist_ok=True)
+        (out / task / "results.json").write_text(json.dumps(results["tasks"][task], indent=2))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(format_markdown(results))
+    plot_benchmark(results, out / "offline_rl.png")
+    return results
+
+
+def format_markdown(results: dict) -> str:
+    spec = results["spec"]
+    lines = [f"Data: {spec['episodes']} episodes per task, quality '{spec['quality']}'; BC/filtered BC "
+             f"{spec['bc_steps']} steps, Q-SFT {spec['q_steps']} steps on top of its seed's BC model; "
+             f"{spec['eval_episodes']} eval episodes x seeds {spec['seeds']}.", "",
+             "| task | data success | method | mean success | per seed | 95% CI (pooled) |",
+             "|---|---|---|---|---|---|"]
+    for task, r in results["tasks"].items():
+        for m in METHODS:
+            row = r["rows"][m]
+            lines.append(f"| {task} | {r['data_success']:.2f} | {LABELS[m]} | {row['mean']:.2f} | "
+                         f"{', '.join(f'{x:.2f}' for x in row['per_seed'])} | "
+                         f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_benchmark(results: dict, path: Path) -> Path:
+    from qsft_robot.plots import pyplot, save_figure
+    plt = pyplot()
+
+    tasks = list(results["tasks"])
+    fig, ax = plt.subplots(figsize=(2.8 + 2.6 * len(tasks), 3.6))
+    width = 0.26
+    colors = {"sft": "#7a7a7a", "filtered_bc": "#e5a03a", "qsft": "#2a6fdb"}
+    for j, m in enumerate(METHODS):
+        xs = np.arange(len(tasks)) + (j - 1) * width
+        rows = [results["tasks"][t]["rows"][m] for t in tasks]
+        means = np.array([r["mean"] for r in rows])
+        err = np.array([[r["mean"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["mean"] for r in rows]])
+        ax.bar(xs, means, width, yerr=np.clip(err, 0, None), capsize=4, label=LABELS[m], color=colors[m])
+        for x, r in zip(xs, rows):
+            ax.scatter([x] * len(r["per_seed"]), r["per_seed"], s=10, color="black", zorder=3)
+    for i, t in enumerate(tasks):
+        ax.axhline(results["tasks"][t]["data_success"], xmin=i / len(tasks), xmax=(i + 1) / len(tasks),
+                   color="black", ls=":", lw=1)
+    ax.set_xticks(np.arange(len(tasks)), tasks)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("closed-loop success (dots: seeds)")
+    ax.set_title("offline RL on mixed-quality data (dotted: data success rate)")
+    ax.legend(loc="upper left", fontsize=8)
+    return save_figure(fig, path, dpi=120)

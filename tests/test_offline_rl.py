@@ -1,0 +1,114 @@
+"""Q-SFT on top of a BC run (behavior_init), the Q-value inspection tool, the benchmark's outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qsft_robot.config import ConfigError, load_config
+from qsft_robot.sim.collect import collect_episodes
+from qsft_robot.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    return collect_episodes("arm_reach_red", 6, "biased", seed=0, image_size=64)
+
+
+def _cfg(tmp, algo, steps, *extra):
+    return load_config(None, [f"algo.name={algo}", f"train.out_dir={tmp}", f"train.steps={steps}",
+                              "train.batch_size=8", "algo.num_bins=8", f"train.save_every={steps}",
+                              "train.warmup_steps=1", "train.tensorboard=false", *extra])
+
+
+def test_biased_operators_go_for_the_nearest_distractor():
+    from qsft_robot.sim.experts import ScriptedExpert
+    from qsft_robot.sim.registry import make_task
+    wrong = 0
+    for seed in range(30):
+        env = make_task("arm_reach_red")
+        env.reset(seed=seed)
+        ex = ScriptedExpert(env, "biased", seed=seed)
+        info = ex.reset()
+        assert env.target == "red"
+        if info["wrong_target"]:
+            wrong += 1
+            d = {c: np.linalg.norm(env.block_pos(c)[:2] - env.hand_pos[:2]) for c in ("green", "blue")}
+            assert ex.aim == min(d, key=d.get)
+        env.close()
+    assert 10 < wrong < 26  # preset: 60% of episodes
+
+
+def test_qsft_on_top_of_a_bc_run(tmp_path, episodes):
+    bc = Trainer(_cfg(tmp_path / "bc", "sft", 3), episodes)
+    bc_ckpt = bc.train()
+    bc_params = [p.detach().clone() for p in bc.model.parameters()]
+    q = Trainer(_cfg(tmp_path / "q", "qsft", 2, f"algo.behavior_init={bc_ckpt}"), episodes)
+    for a, b in zip(q.behavior.parameters(), bc_params):   # pi_beta, theta, theta_bar all start at the BC model
+        torch.testing.assert_close(a, b)
+    for a, b in zip(q.model.parameters(), bc_params):
+        torch.testing.assert_close(a, b)
+    q.train()
+    assert q.pi_cache is not None and q.cfg.algo.behavior == "frozen"
+    for a, b in zip(q.behavior.parameters(), bc_params):   # frozen
+        torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(q.model.parameters(), bc_params))
+    with pytest.raises(ConfigError, match="action bins"):
+        Trainer(_cfg(tmp_path / "q2", "qsft", 2, f"algo.behavior_init={bc_ckpt}", "algo.num_bins=16"), episodes)
+    with pytest.raises(ConfigError, match="algo.behavior_init"):
+        Trainer(_cfg(tmp_path / "q3", "sft", 2, f"algo.behavior_init={bc_ckpt}"), episodes)
+
+
+def test_qvalue_table_and_plot(tmp_path, episodes):
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.algo.qvalues import plot_qvalues, qvalue_table
+
+    ckpt = Trainer(_cfg(tmp_path / "q", "qsft", 2), episodes).train()
+    pol = load_policy(ckpt)
+    ep = episodes[0]
+    t = qvalue_table(pol, ep.images["wrist"][0], ep.instruction, ep.state[0])
+    np.testing.assert_array_equal(t["chosen"], pol.act_tokens(ep.images["wrist"][:1][:, None], [ep.instruction],
+                                                               ep.state[:1])[0])
+    for d in range(4):
+        assert abs(t["pi_beta"][d].sum() - 1) < 1e-4          # pi_beta: a distribution over the bins
+        assert t["p_theta"][d].sum() <= 1 + 1e-4              # p_theta: the dummy token holds the rest
+        assert t["chosen"][d] == int(np.argmax(t["p_theta"][d]))  # argmax_q acts on exactly these values
+    png = plot_qvalues(t, tmp_path / "q.png", image=ep.images["wrist"][0], data_tokens=[0, 0, 0, 0])
+    assert png.stat().st_size > 5000
+
+
+def test_benchmark_table_and_chart(tmp_path):
+    from qsft_robot.benchmark import format_markdown, plot_benchmark
+    rows = {m: {"mean": v, "per_seed": [v, v], "ci95": [max(0, v - .1), min(1, v + .1)], "n": 100, "train_s": 1.0}
+            for m, v in (("sft", 0.2), ("filtered_bc", 0.5), ("qsft", 0.6))}
+    res = {"spec": {"episodes": 10, "quality": "biased", "bc_steps": 5, "q_steps": 3, "eval_episodes": 50,
+                    "seeds": [0, 1]}, "tasks": {"arm_reach_red": {"data_success": 0.4, "rows": rows}}}
+    md = format_markdown(res)
+    assert "| arm_reach_red | 0.40 | Q-SFT | 0.60 | 0.60, 0.60 | [0.50, 0.70] |" in md
+    assert plot_benchmark(res, tmp_path / "b.png").stat().st_size > 5000
+
+
+def test_demo_recipe_matches_configs_demo_yaml():
+    from pathlib import Path
+
+    from qsft_robot.demo import RECIPE
+    yaml_cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    built_in = load_config(None, RECIPE)
+    for item in RECIPE:
+        section, key = item.split("=")[0].split(".")
+        assert getattr(getattr(yaml_cfg, section), key) == getattr(getattr(built_in, section), key), item
+
+
+def test_benchmark_ci_sized(tmp_path, report):
+    """The real benchmark pipeline at CI size (one task, one seed, minutes): Q-SFT must not be worse
+    than the BC model it starts from beyond noise (its 95% upper bound reaches BC's success)."""
+    from qsft_robot.benchmark import BenchSpec, run_benchmark
+    spec = BenchSpec(tasks=["base_goto_red"], seeds=[0], episodes=40, bc_steps=60, q_steps=30, eval_episodes=20)
+    res = run_benchmark(spec, tmp_path)
+    rows = res["tasks"]["base_goto_red"]["rows"]
+    assert (tmp_path / "results.md").read_text().count("| base_goto_red |") == 3
+    assert (tmp_path / "offline_rl.png").stat().st_size > 5000
+    assert 0.2 <= res["tasks"]["base_goto_red"]["data_success"] <= 0.6
+    assert rows["qsft"]["ci95"][1] >= rows["sft"]["mean"], rows
+    report("benchmark (CI size: base_goto_red, 40 episodes, BC 60 / Q-SFT +30 steps, 20 eval episodes): " +
+           ", ".join(f"{m} {rows[m]['mean']:.2f}" for m in ("sft", "filtered_bc", "qsft")))
