@@ -87,7 +87,10 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     assert two.returncode == 0, two.stderr[-3000:]
     state = torch.load(tmp_path / "two" / "checkpoints" / f"step-{steps:08d}" / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2
-    assert_close(weights(tmp_path / "one", steps), weights(tmp_path / "two", steps), atol=1e-5)
+    # 5e-5: gloo's all-reduce sums in another order and Adam turns near-zero gradients into ~lr-sized
+    # steps; measured 8 of 4.8M weights above 1e-5 (max 1.6e-5). A missing or wrong gradient sync moves
+    # most weights by ~lr = 3e-4.
+    assert_close(weights(tmp_path / "one", steps), weights(tmp_path / "two", steps), atol=5e-5)
 
 
 def test_batch_must_divide_over_processes(tmp_path, dataset):

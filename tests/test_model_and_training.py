@@ -76,7 +76,7 @@ def test_kv_cached_decode_equals_uncached_and_save_load_is_identical(tmp_path, e
 
     ckpt = Trainer(cfg_for(tmp_path, steps=2), episodes).train()
     pol = load_policy(ckpt)
-    imgs = np.stack([e.images["front"][:1] for e in episodes])  # (N, 1 cam, H, W, 3)
+    imgs = np.stack([e.images["wrist"][:1] for e in episodes])  # (N, 1 cam, H, W, 3)
     instr = [e.instruction for e in episodes]
     states = np.stack([e.state[0] for e in episodes])
     for mode in ("argmax_q", "paper", "sft"):
