@@ -63,9 +63,9 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
             eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64)
             write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
             data_success = float(np.mean([e.success for e in eps]))
-        else:
-            data_success = json.loads((out / task / "results.json").read_text())["data_success"] \
-                if (out / task / "results.json").is_file() else float("nan")
+        else:  # reuse the dataset: its success rate from the episode metadata (no frames decoded)
+            from qsft_robot.data.lerobot import iter_lerobot
+            data_success = float(np.mean([e.success for e in iter_lerobot(data, images=False)]))
         runs = {m: [] for m in METHODS}
         for seed in spec.seeds:
             run = out / task / f"seed{seed}"
