@@ -42,15 +42,16 @@ class Batch:
         return out
 
     def appended(self, tokens: Tensor) -> "Batch":
-        """The batch with one more (text/action) token per row: positions continue by one."""
-        tok = tokens.reshape(-1, 1).to(self.input_ids.device)
+        """The batch with k more (text/action) tokens per row, tokens (N,) or (N, k): positions continue."""
+        tok = tokens.reshape(self.input_ids.shape[0], -1).to(self.input_ids.device)
         pos = self.position_ids
         extra = dict(self.extra)
         for k, v in _PER_TOKEN.items():
             if k in extra:
                 extra[k] = torch.cat([extra[k], torch.full_like(tok, v)], dim=1)
+        more = pos[..., -1:] + torch.arange(1, tok.shape[1] + 1, device=pos.device)
         return Batch(torch.cat([self.input_ids, tok], 1), torch.cat([self.attention_mask, torch.ones_like(tok)], 1),
-                     torch.cat([pos, pos[..., -1:] + 1], -1), self.pixel_values, extra)
+                     torch.cat([pos, more], -1), self.pixel_values, extra)
 
 
 def family_of(model) -> str:

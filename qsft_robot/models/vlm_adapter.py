@@ -113,9 +113,8 @@ class VLMAdapter:
                  for ins, st in zip(instructions, states if states is not None else [None] * len(instructions))]
         batch = encode_prompts(self, images, texts)
         if action_tokens is not None:
-            vid = self.bin_token_ids.to(self.device)[torch.as_tensor(np.asarray(action_tokens), device=self.device)]
-            for k in range(vid.shape[1]):
-                batch = batch.appended(vid[:, k])
+            batch = batch.appended(
+                self.bin_token_ids.to(self.device)[torch.as_tensor(np.asarray(action_tokens), device=self.device)])
         return batch
 
     # ---- logits -------------------------------------------------------------------------------
