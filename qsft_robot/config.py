@@ -34,6 +34,7 @@ class AlgoConfig:
     gamma: float = 0.95
     polyak_alpha: float = 0.005
     support_eps: float = 1e-4
+    mc_lower_bound: bool = False    # w = max(Bellman target, logged discounted return-to-go); see algo/qsft.py
     leftover: str = "dummy"         # dummy | uniform (see README: why dummy is the default)
     behavior: str = "joint"         # joint | frozen (train pi_beta first, then freeze)
     behavior_steps: int = 0         # steps of pi_beta pre-training when behavior=frozen
@@ -69,7 +70,8 @@ class TrainConfig:
     log_every: int = 25
     num_workers: int = 0
     grad_accum: int = 1             # micro-batches per optimizer step (per process)
-    mixed_precision: str = "no"     # no | bf16 | fp16 (GPU; accelerate autocast)
+    mixed_precision: str = "no"     # no | bf16 | fp16 (GPU; accelerate autocast, or FSDP's MixedPrecisionPolicy)
+    distributed: str = "ddp"        # ddp | fsdp (shard theta, pi_beta, theta_bar over the processes)
     device: str = "auto"            # auto | cpu | cuda
     tensorboard: bool = True
     eval_every: int = 0             # >0: closed-loop success in sim (eval.task, eval.episodes) every N steps
@@ -183,12 +185,19 @@ def validate(cfg: RunConfig) -> None:
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),
         ("train.mixed_precision", cfg.train.mixed_precision in ("no", "bf16", "fp16")),
         ("train.device", cfg.train.device in ("auto", "cpu", "cuda")),
+        ("train.distributed", cfg.train.distributed in ("ddp", "fsdp")),
         ("eval.mode", cfg.eval.mode in ("argmax_q", "paper", "sft")),
         ("model.preset", cfg.model.preset in ("tiny", "pretrained")),
     ]
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"invalid value for config key '{key}'")
+    if cfg.train.distributed == "fsdp" and cfg.model.lora_rank > 0:
+        raise ConfigError("config key 'train.distributed': fsdp with model.lora_rank > 0 is not supported (three "
+                          "adapters over one shared base); LoRA's trainable part is small, use ddp")
+    if cfg.train.distributed == "fsdp" and cfg.train.eval_every > 0:
+        raise ConfigError("config key 'train.eval_every' must be 0 with train.distributed=fsdp (closed-loop eval "
+                          "needs the whole model in one process); evaluate checkpoints with `qsft-robot eval`")
 
 
 def to_dict(cfg) -> dict:

@@ -74,23 +74,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, dataset):
-    steps = 3
-    one = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "one", steps)],
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
+def torchrun(data, out, steps, *extra, log_level="WARNING"):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                          *train_cmd(dataset, tmp_path / "two", steps)],
-                         capture_output=True, text=True, timeout=600, env=env)
+    cmd = train_cmd(data, out, steps, *extra)
+    cmd[cmd.index("--log-level") + 1] = log_level
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *cmd],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, dataset):
+    """The reference: 3 steps in one process, global batch 8."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    one = subprocess.run([sys.executable, *train_cmd(dataset, out, 3)], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    return out
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, dataset, one_process):
+    steps = 3
+    two = torchrun(dataset, tmp_path / "two", steps)
     assert two.returncode == 0, two.stderr[-3000:]
     state = torch.load(tmp_path / "two" / "checkpoints" / f"step-{steps:08d}" / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2
     # 5e-5: gloo's all-reduce sums in another order and Adam turns near-zero gradients into ~lr-sized
     # steps; measured 8 of 4.8M weights above 1e-5 (max 1.6e-5). A missing or wrong gradient sync moves
     # most weights by ~lr = 3e-4.
-    assert_close(weights(tmp_path / "one", steps), weights(tmp_path / "two", steps), atol=5e-5)
+    assert_close(weights(one_process, steps), weights(tmp_path / "two", steps), atol=5e-5)
+
+
+def test_two_process_fsdp_equals_one_process_and_resumes_exactly(tmp_path, dataset, one_process):
+    """FSDP2 (torch fully_shard over gloo): theta, pi_beta, theta_bar sharded; checkpoints are full HF
+    folders gathered from the shards; the optimizer state round-trips through them."""
+    steps, run = 3, tmp_path / "fsdp"
+    every = ("--set", "train.save_every=1", "--set", "train.distributed=fsdp")
+    p = torchrun(dataset, run, steps, *every, log_level="INFO")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "sharded over 2 processes" in p.stderr
+    state = torch.load(run / "checkpoints" / f"step-{steps:08d}" / "trainer_state.pt", weights_only=False)
+    assert state["world_size"] == 2 and state["distributed"] == "fsdp"
+    full = weights(run, steps)
+    # measured max 1.6e-5 (same reduction-order noise as DDP); an unsynchronised shard moves by ~lr
+    assert_close(weights(one_process, steps), full, atol=5e-5)
+    # resume from step 2 (its optimizer state gathered to one file, re-sharded on load): bit-exact
+    import shutil
+    shutil.rmtree(run / "checkpoints" / f"step-{steps:08d}")
+    p = torchrun(dataset, run, steps, *every, log_level="INFO")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from" in p.stderr and "step-00000002" in p.stderr
+    assert_close(full, weights(run, steps), atol=0.0)
+    # a sharded run's checkpoint cannot be resumed unsharded by mistake: the error names the key
+    p = subprocess.run([sys.executable, *train_cmd(dataset, run, steps + 1)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and "train.distributed" in p.stderr
 
 
 def test_batch_must_divide_over_processes(tmp_path, dataset):

@@ -129,3 +129,34 @@ def test_periodic_eval_hook_logs_closed_loop_success(tmp_path, episodes):
     evals = [r for r in rows if r["eval_success"]]
     assert len(evals) == 1 and 0.0 <= float(evals[0]["eval_success"]) <= 1.0
     assert (tmp_path / "eval" / "eval_step2_arm_reach.json").is_file()
+
+
+@pytest.mark.parametrize("sets, key", [(["train.distributed=fsdp", "model.lora_rank=4"], "train.distributed"),
+                                       (["train.distributed=fsdp", "train.eval_every=10"], "train.eval_every"),
+                                       (["train.distributed=zero3"], "train.distributed")])
+def test_unsupported_distributed_settings_name_the_key(sets, key):
+    from qsft_robot.config import ConfigError
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, sets)
+
+
+def test_mc_lower_bound_raises_targets_to_the_logged_return():
+    """w = max(Bellman, G_t): G_t = gamma^(T-1-t) on a successful episode, 0 on a failed one, the same
+    for every token of a step; an already higher target is left alone."""
+    from qsft_robot.algo.qsft import mc_lower_bound
+    from qsft_robot.data.action_tokenizer import ActionTokenizer
+    from qsft_robot.data.transitions import build_transitions
+
+    eps = collect_episodes("arm_reach", 4, "mixed", seed=1, image_size=32)
+    tok = ActionTokenizer.fit(np.concatenate([e.actions for e in eps]), 8)
+    d = build_transitions(eps, tok, gamma=0.9, reward_rule="success")
+    assert any(e.success for e in eps) and not all(e.success for e in eps)
+    start = 0
+    for e in eps:
+        T = len(e)
+        want = (0.9 ** np.arange(T - 1, -1, -1)) * float(e.success)
+        np.testing.assert_allclose(d.mc_return[start:start + T], want, rtol=1e-6)
+        start += T
+    w = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.95, 0.95])  # 3 steps x D=2, row-major
+    out = mc_lower_bound(w, torch.tensor([0.2, 0.9, 0.0]))
+    assert out.tolist() == pytest.approx([0.2, 0.2, 0.9, 0.9, 0.95, 0.95])

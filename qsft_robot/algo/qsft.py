@@ -28,6 +28,21 @@ def bellman_targets(next_q_logits: Tensor, next_behavior_logits: Tensor, rewards
         return (rewards.float() + discounts.float() * next_value).clamp(0.0, 1.0)
 
 
+def mc_lower_bound(targets: Tensor, returns: Tensor) -> Tensor:
+    """w = max(w, G): the logged discounted return-to-go G of the transition, per token.
+
+    Why: with a sparse success reward the Bellman target learns a state's value only after the
+    target network has carried it back step by step (D tokens per env step, one hop per refresh);
+    a few hundred offline updates leave early-episode targets at their initial guess. G is what the
+    logged policy actually earned from here, so with non-negative rewards it is a lower bound on the
+    optimal Q (Cal-QL's argument) and taking the max can only pull the target towards Q*, never
+    past it. The token MDP has no reward and no discount inside a step, so every token of step t
+    shares G_t. `targets` (T*D,) flattened row-major, `returns` (T,).
+    """
+    num_dims = targets.numel() // returns.numel()
+    return torch.maximum(targets, returns.float().repeat_interleave(num_dims).clamp(0.0, 1.0))
+
+
 def qsft_loss(logits: Tensor, actions: Tensor, weights: Tensor, leftover: str = "uniform") -> Tensor:
     """L = -[w log p(b) + sum_{b' != b} (1 - w)/(B - 1) log p(b')], mean over tokens.
 

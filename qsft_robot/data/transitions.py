@@ -32,6 +32,7 @@ class Transitions:
     next_index: np.ndarray    # (N,) int64
     episode: np.ndarray       # (N,) int64
     reward_rule: str = "success"
+    mc_return: np.ndarray | None = None  # (N,) float32: discounted return-to-go of the logged episode
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -80,6 +81,16 @@ def label_rewards(ep: Episode, rule: str, gamma: float, r_max: float) -> np.ndar
     raise DatasetError(f"unknown reward rule {rule!r}")
 
 
+def return_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = sum_k gamma^k r_{t+k} to the end of the log (a cut-off end adds nothing after it)."""
+    out = np.zeros(len(rewards), np.float64)
+    g = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        g = float(rewards[t]) + gamma * g
+        out[t] = g
+    return out
+
+
 def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma: float,
                       reward_rule: str = "auto", cameras: list[str] | None = None,
                       images: ImageStore | None = None, end_is_terminal: bool = False) -> Transitions:
@@ -102,7 +113,7 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
                        (1 - gamma) / r_max)
     cams = cameras or sorted(episodes[0].images)
     imgs: list[np.ndarray] = []
-    states, instr, toks, rew, done, nxt, epi = [], [], [], [], [], [], []
+    states, instr, toks, rew, ret, done, nxt, epi = [], [], [], [], [], [], [], []
     start = 0
     for e, ep in enumerate(episodes):
         T = len(ep)
@@ -116,6 +127,7 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
         instr += [ep.instruction] * T
         toks.append(tokenizer.encode(ep.actions))
         rew.append(label_rewards(ep, rule, gamma, r_max))
+        ret.append(return_to_go(rew[-1], gamma))
         d = np.zeros(T, bool)
         d[-1] = ep.terminated or end_is_terminal
         done.append(d)
@@ -128,4 +140,5 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
     elif len(images) != start:
         raise DatasetError(f"frame store holds {len(images)} frames, episodes have {start}")
     return Transitions(images, state, instr, np.concatenate(toks), np.concatenate(rew),
-                       np.concatenate(done), np.concatenate(nxt), np.concatenate(epi), rule)
+                       np.concatenate(done), np.concatenate(nxt), np.concatenate(epi), rule,
+                       np.concatenate(ret).astype(np.float32))

@@ -19,15 +19,16 @@ class CheckpointError(FileNotFoundError):
 
 
 def save_checkpoint(run_dir: Path, step: int, models: dict, processor, action_tokenizer, config: dict,
-                    trainer_state: dict, keep_last: int = 2) -> Path:
-    """models: name -> HF model saved as a subfolder ('model' is what acts; 'behavior', 'target')."""
+                    trainer_state: dict, keep_last: int = 2, state_dicts: dict | None = None) -> Path:
+    """models: name -> HF model saved as a subfolder ('model' is what acts; 'behavior', 'target').
+    state_dicts: name -> full weights to write instead of the module's own (FSDP-sharded modules)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.tmp-", dir=ckpt_root))
     try:
         for name, model in models.items():
-            model.save_pretrained(tmp / name)
+            model.save_pretrained(tmp / name, **({"state_dict": state_dicts[name]} if state_dicts else {}))
         processor.save_pretrained(tmp / "model")
         action_tokenizer.save(tmp / "action_tokenizer.json")
         (tmp / "qsft_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss, token_rewards_discounts
+from qsft_robot.algo.qsft import (behavior_loss, bellman_targets, mc_lower_bound, polyak_update, qsft_loss,
+                                  token_rewards_discounts)
 from qsft_robot.config import ConfigError, RunConfig, to_dict
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.data.episode import DatasetError, Episode
@@ -173,11 +174,21 @@ class Trainer:
         self.qsft = cfg.algo.name == "qsft"
         self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
                                   leftover=cfg.algo.leftover, image_position=cfg.model.image_position)
+        self.behavior = self.target = None
         if cfg.model.lora_rank > 0:
             self._wrap_lora()
         elif self.qsft:
             self.behavior = copy.deepcopy(self.model)
             self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if found is not None:
+            self._resume_weights(found[0])
+        self.fsdp = cfg.train.distributed == "fsdp" and self.world > 1
+        if self.fsdp:  # after loading full weights, before the optimizer sees the (now sharded) parameters
+            from qsft_robot.train.fsdp import shard
+            for m in {id(m): m for m in (self.model, self.behavior, self.target) if m is not None}.values():
+                shard(m, self.world, self.accelerator.device, cfg.train.mixed_precision)
+        elif cfg.train.distributed == "fsdp":
+            logger.info("train.distributed=fsdp with one process: nothing to shard, training unsharded")
         if self.qsft:
             params = [p for m in (self.model, self.behavior) for p in m.parameters() if p.requires_grad]
         else:  # BC baselines: the acting model *is* pi_beta
@@ -188,14 +199,19 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.step = 0
         self.pi_cache: torch.Tensor | None = None  # frozen pi_beta logits (N, D, B), fp16
-        self._maybe_resume()
-        # DDP-wrapped views for the loss; the raw modules stay for decoding, Polyak and saving
-        if self.qsft:
+        if found is not None:
+            self._resume_state(*found)
+        if self.fsdp:  # sharded modules synchronise their own gradients: no DDP wrapper
+            self.train_model, self.train_behavior = self.model, self.behavior
+        elif self.qsft:  # DDP-wrapped views for the loss; the raw modules stay for decoding, Polyak and saving
             self.train_model, self.train_behavior, self.optimizer = self.accelerator.prepare(
                 self.model, self.behavior, self.optimizer)
         else:
             self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
             self.train_behavior = self.train_model
+
+    def _trained(self) -> dict:
+        return {"model": self.model, "behavior": self.behavior} if self.qsft else {"model": self.model}
 
     def _check_behavior_init(self) -> None:
         """pi_beta from a finished BC run (DESIGN §2.3's frozen variant, without re-training it):
@@ -235,11 +251,7 @@ class Trainer:
         logger.info("LoRA rank %d: %d adapter parameters over a frozen base of %d", m.lora_rank, n_train, n_base)
 
     # ---- resume -------------------------------------------------------------------------------
-    def _maybe_resume(self) -> None:
-        found = latest_valid_checkpoint(self.run_dir)
-        if found is None:
-            return
-        ckpt, state = found
+    def _resume_weights(self, ckpt: Path) -> None:
         def load(model, sub):
             if hasattr(model, "load_adapter_weights"):  # LoRA view
                 model.load_adapter_weights(ckpt / sub)
@@ -251,7 +263,18 @@ class Trainer:
         if self.qsft:
             load(self.behavior, "behavior")
             load(self.target, "target")
-        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _resume_state(self, ckpt: Path, state: dict) -> None:
+        saved_fsdp = state.get("distributed") == "fsdp"
+        if saved_fsdp != self.fsdp:
+            raise ConfigError(f"{ckpt} was written by a {'sharded (fsdp)' if saved_fsdp else 'unsharded'} run; "
+                              f"resume it with the same train.distributed and a process count "
+                              f"{'> 1' if saved_fsdp else '= 1 or ddp'}")
+        if self.fsdp:
+            from qsft_robot.train.fsdp import load_optimizer_state
+            load_optimizer_state(self._trained(), self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
@@ -320,6 +343,8 @@ class Trainer:
         next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
         w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
                             r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps)
+        if self.cfg.algo.mc_lower_bound:
+            w = mc_lower_bound(w, torch.as_tensor(d.mc_return[idx]))
         ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, self.cfg.algo.leftover)
         loss = ql if self.pi_cache is not None else ql + bc
         p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
@@ -341,7 +366,10 @@ class Trainer:
         total, stats = 0.0, {}
         for k, ch in enumerate(chunks):
             with contextlib.ExitStack() as stack:
-                if k < len(chunks) - 1:
+                if self.fsdp:
+                    from qsft_robot.train.fsdp import set_gradient_sync
+                    set_gradient_sync(models, k == len(chunks) - 1)
+                elif k < len(chunks) - 1:
                     for m in models:
                         stack.enter_context(self.accelerator.no_sync(m))
                 try:
@@ -360,6 +388,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.qsft:
+            if self.fsdp:  # FSDP keeps a root's weights gathered after a forward with no backward (theta_bar)
+                for m in (self.model, self.target):
+                    m.reshard()
             polyak_update(self.target, self.model, self.cfg.algo.polyak_alpha)
         self.step += 1
         return torch.tensor(total), stats
@@ -388,21 +419,30 @@ class Trainer:
     def checkpoint(self) -> Path:
         self.accelerator.wait_for_everyone()
         path = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        gathered = self._gather_sharded() if self.fsdp else None  # collectives: every process takes part
         if self.accelerator.is_main_process:
-            path = self._save()
+            path = self._save(gathered)
         self.accelerator.wait_for_everyone()
         return path
 
-    def _save(self) -> Path:
-        models = {"model": self.model}
-        if self.qsft:
-            models.update(behavior=self.behavior, target=self.target)
+    def _saved_models(self) -> dict:
+        return {**self._trained(), **({"target": self.target} if self.qsft else {})}
+
+    def _gather_sharded(self) -> dict:
+        """Full (unsharded) weights of every network and the optimizer state keyed by parameter name."""
+        from qsft_robot.train.fsdp import full_optimizer_state, full_state_dict
+        return {"weights": {k: full_state_dict(m) for k, m in self._saved_models().items()},
+                "optimizer": full_optimizer_state(self._trained(), self.optimizer)}
+
+    def _save(self, gathered: dict | None = None) -> Path:
         cfgd = to_dict(self.cfg)
         cfgd["reward_rule"] = self.data.reward_rule
-        state = {"step": self.step, "world_size": self.world, "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "world_size": self.world, "distributed": "fsdp" if self.fsdp else "ddp",
+                 "optimizer": gathered["optimizer"] if gathered else self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
-        return save_checkpoint(self.run_dir, self.step, models, self.processor, self.tokenizer, cfgd, state,
-                               keep_last=self.cfg.train.keep_last)
+        return save_checkpoint(self.run_dir, self.step, self._saved_models(), self.processor, self.tokenizer, cfgd,
+                               state, keep_last=self.cfg.train.keep_last,
+                               state_dicts=gathered["weights"] if gathered else None)
 
     def train(self, stop_after: int | None = None) -> Path:
         cfg = self.cfg
