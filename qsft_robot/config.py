@@ -127,6 +127,10 @@ def _coerce(value, typ, key):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"config key '{key}': expected a boolean, got {value!r}")
+    if typ is str and isinstance(value, bool):
+        # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the string keys that accept such words
+        # (train.mixed_precision: no) mean the word itself
+        return "yes" if value else "no"
     try:
         return typ(value)
     except (TypeError, ValueError) as e:

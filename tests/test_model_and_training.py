@@ -160,3 +160,20 @@ def test_mc_lower_bound_raises_targets_to_the_logged_return():
     w = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.95, 0.95])  # 3 steps x D=2, row-major
     out = mc_lower_bound(w, torch.tensor([0.2, 0.9, 0.0]))
     assert out.tolist() == pytest.approx([0.2, 0.2, 0.9, 0.9, 0.95, 0.95])
+
+
+def test_bf16_mixed_precision_on_cpu_computes_in_bf16_and_keeps_fp32_weights(tmp_path, episodes):
+    """accelerate's autocast path, exercised on CPU (bf16 autocast exists there too): the trained step
+    differs from the fp32 one by bf16 rounding only (Adam's first step is ~lr per weight, so a rounding
+    change can at most flip a direction: <= 2 lr), and master weights and checkpoints stay fp32."""
+    lr = 3e-4
+    runs = {}
+    for prec in ("no", "bf16"):
+        tr = Trainer(cfg_for(tmp_path / prec, steps=1, **{"train.mixed_precision": prec, "train.lr": lr}), episodes)
+        ckpt = tr.train()
+        runs[prec] = params(tr.model)
+        assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+    from safetensors.torch import load_file
+    assert all(t.dtype == torch.float32 for t in load_file(str(next((ckpt / "model").glob("*.safetensors")))).values())
+    diff = (runs["no"] - runs["bf16"]).abs().max().item()
+    assert 0 < diff <= 2 * lr * 1.01

@@ -227,6 +227,9 @@ def test_node_runs_a_trained_checkpoint(tmp_path, probe):
         assert probe.wait_for("/qsft/status", lambda s: s["actions"] >= 3, timeout=20)
         status = probe.msgs["/qsft/status"][-1][1]
         assert status["latency_ms"] > 0
+        # the stage times describe one frame's path: it waited a little, then inference + publish
+        assert 0 <= status["wait_ms"] < status["frame_to_command_ms"]
+        assert status["frame_to_command_ms"] < 1000 / 5.0 + status["latency_ms"] + 50
         cmds = [m for _, m in probe.msgs["/qsft/preview"]]
         assert all(abs(m.linear.x) <= 0.5 + 1e-9 and abs(m.angular.z) <= 1.5 + 1e-9 for m in cmds)
     finally:

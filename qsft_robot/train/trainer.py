@@ -125,6 +125,11 @@ def make_accelerator(cfg: RunConfig):
     from accelerate.utils import DistributedDataParallelKwargs
 
     cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        # accelerate keeps its settings in a process-wide singleton and refuses a second Accelerator with
+        # another mixed precision; one process training several runs in turn (benchmark, notebook) needs it
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 

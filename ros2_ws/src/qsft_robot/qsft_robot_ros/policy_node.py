@@ -83,7 +83,9 @@ class PolicyNode(Node):
         self.state: np.ndarray | None = None
         self.estop = False
         self.counts = {"frames": 0, "dropped_frames": 0, "malformed": 0, "actions": 0, "stops": 0}
-        self.latency_ms = 0.0
+        self.latency_ms = 0.0         # the policy's inference for the last action
+        self.wait_ms = 0.0            # frame received -> inference started (queueing, rate limit)
+        self.frame_to_command_ms = 0.0  # frame received -> command published: what the robot feels
         self.tick_times: list[float] = []
 
         if p["compressed"]:
@@ -110,7 +112,7 @@ class PolicyNode(Node):
         with self.lock:
             if self.frame is not None and not self.frame_used:
                 self.counts["dropped_frames"] += 1  # replaced before the policy used it (latest only)
-            self.frame, self.frame_time, self.frame_used = img, time.monotonic(), False
+            self.frame, self.frame_time, self.frame_used = img, time.perf_counter(), False
             self.counts["frames"] += 1
         self.new_frame.set()
 
@@ -165,11 +167,13 @@ class PolicyNode(Node):
         at control_hz so the watchdog stops the robot when the camera goes quiet."""
         period = 1.0 / float(self.p["control_hz"])
         last_act, last_status = -1e9, -1e9
-        next_tick = time.monotonic()
+        next_tick = time.perf_counter()
         while self.running and rclpy.ok():
-            now = time.monotonic()
+            now = time.perf_counter()
             pending = self.new_frame.is_set()
-            wake = min(next_tick, last_act + period) if pending else next_tick
+            # a pending frame is acted on as soon as the rate limit allows (never later than one period,
+            # so e-stop and watchdog are still checked at control_hz); otherwise wait for a tick
+            wake = last_act + period if pending else next_tick
             if now < wake:
                 if pending:
                     time.sleep(wake - now)  # rate limit: the newest frame is used when allowed
@@ -178,7 +182,7 @@ class PolicyNode(Node):
                 continue
             self.new_frame.clear()
             with self.lock:
-                frame, frame_time = self.frame, self.frame_time
+                frame, frame_time, fresh = self.frame, self.frame_time, not self.frame_used
                 self.frame_used = True
             state = self.watchdog.tick(now, frame_time, self.estop)
             if state == State.RUNNING and self.instruction:
@@ -186,8 +190,12 @@ class PolicyNode(Node):
                     t0 = time.perf_counter()
                     action = self.policy.act(frame[None, None], [self.instruction],
                                              None if self.state is None else self.state[None])[0]
-                    self.latency_ms = (time.perf_counter() - t0) * 1e3
-                    self.publish_command(self.safety(self.profile.to_command(action), time.monotonic()))
+                    t1 = time.perf_counter()
+                    self.publish_command(self.safety(self.profile.to_command(action), t1))
+                    self.latency_ms = (t1 - t0) * 1e3
+                    if fresh:  # a frame's first action (later ticks re-act on it until it goes stale)
+                        self.wait_ms = (t0 - frame_time) * 1e3
+                        self.frame_to_command_ms = (time.perf_counter() - frame_time) * 1e3
                     self.counts["actions"] += 1
                     last_act = now
                     self.tick_times = (self.tick_times + [now])[-20:]
@@ -202,7 +210,8 @@ class PolicyNode(Node):
         ticks = self.tick_times
         rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 and ticks[-1] > ticks[0] else 0.0
         self.status_pub.publish(String(data=json.dumps({
-            "state": state.value, "latency_ms": round(self.latency_ms, 2), "rate_hz": round(rate, 2),
+            "state": state.value, "latency_ms": round(self.latency_ms, 2), "wait_ms": round(self.wait_ms, 2),
+            "frame_to_command_ms": round(self.frame_to_command_ms, 2), "rate_hz": round(rate, 2),
             "instruction": self.instruction, "actuating": bool(self.p["enable_actuation"]), **self.counts})))
 
     def shutdown(self) -> None:
