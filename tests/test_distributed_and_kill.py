@@ -74,13 +74,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(data, out, steps, *extra, log_level="WARNING"):
+def torchrun(data, out, steps, *extra, log_level="WARNING", launcher="torchrun"):
+    """2 processes, started the way the README says: torchrun, or accelerate launch (--multi_gpu is
+    accelerate's name for its torchrun path; it runs on CPU with gloo too)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = train_cmd(data, out, steps, *extra)
     cmd[cmd.index("--log-level") + 1] = log_level
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *cmd],
-                          capture_output=True, text=True, timeout=600, env=env)
+    port = str(free_port())
+    if launcher == "torchrun":
+        head = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", port]
+    else:
+        head = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+                "--main_process_port", port]
+    return subprocess.run([sys.executable, *head, *cmd], capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +102,7 @@ def one_process(tmp_path_factory, dataset):
 
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, dataset, one_process):
     steps = 3
-    two = torchrun(dataset, tmp_path / "two", steps)
+    two = torchrun(dataset, tmp_path / "two", steps, launcher="accelerate")
     assert two.returncode == 0, two.stderr[-3000:]
     state = torch.load(tmp_path / "two" / "checkpoints" / f"step-{steps:08d}" / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2
