@@ -34,6 +34,7 @@ class AlgoConfig:
     gamma: float = 0.95
     polyak_alpha: float = 0.005
     support_eps: float = 1e-4
+    next_value: str = "max"         # max (DESIGN §2.4) | expectation (in-sample value of pi_beta; algo/qsft.py)
     mc_lower_bound: bool = False    # w = max(Bellman target, logged discounted return-to-go); see algo/qsft.py
     leftover: str = "dummy"         # dummy | uniform (see README: why dummy is the default)
     behavior: str = "joint"         # joint | frozen (train pi_beta first, then freeze)
@@ -181,6 +182,7 @@ def validate(cfg: RunConfig) -> None:
         ("algo.name", cfg.algo.name in ("qsft", "sft", "filtered_bc")),
         ("algo.leftover", cfg.algo.leftover in ("dummy", "uniform")),
         ("algo.behavior", cfg.algo.behavior in ("joint", "frozen")),
+        ("algo.next_value", cfg.algo.next_value in ("max", "expectation")),
         ("algo.gamma", 0.0 <= cfg.algo.gamma <= 1.0),
         ("algo.polyak_alpha", 0.0 < cfg.algo.polyak_alpha <= 1.0),
         ("algo.num_bins", cfg.algo.num_bins >= 2),

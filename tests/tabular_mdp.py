@@ -177,3 +177,20 @@ def greedy(table: np.ndarray) -> np.ndarray:
     out = np.zeros_like(table)
     out[np.arange(len(table)), table.argmax(-1)] = 1.0
     return out
+
+
+def q_behaviour(mdp: TokenMDP) -> np.ndarray:
+    """Token-level Q of the logged policy pi_beta by exact policy evaluation (a linear solve, no
+    Q-SFT iteration): the fixed point that next_value="expectation" should reach."""
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    pi = mdp.behaviour_table()
+    joint = pi[:S, :, None] * pi[S:].reshape(S, B, B)
+    r = (joint * mdp.p_success).sum((1, 2))
+    v1 = np.linalg.solve(np.eye(S) - g * np.einsum("sab,sabt->st", joint, cont), r)
+    q2 = mdp.p_success + g * (cont @ v1)                    # (S, B, B)
+    q1 = (pi[S:].reshape(S, B, B) * q2).sum(-1)             # (S, B)
+    out = np.zeros((mdp.num_token_states, B))
+    out[:S] = q1
+    out[S:] = q2.reshape(S * B, B)
+    return out

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss
-from tabular_mdp import expected_return, greedy, q_star, qsft_fixed_point, random_mdp, sample_dataset
+from tabular_mdp import expected_return, greedy, q_behaviour, q_star, qsft_fixed_point, random_mdp, sample_dataset
 
 EPISODES = 8000
 MDP_SEED = 3
 
 
-def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, lr=0.1, alpha=0.05):
+def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, lr=0.1, alpha=0.05,
+                 next_value="max"):
     """Full-batch training of three logit tables (theta, theta_bar, phi) on the whole dataset.
 
     Full batch removes SGD noise, so what is left between the table and p* is the finite data.
@@ -31,7 +32,8 @@ def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, 
     opt = torch.optim.Adam(list(theta.parameters()) + list(phi.parameters()), lr=lr)
     t = {k: torch.as_tensor(v) for k, v in data.items()}
     for _ in range(steps):
-        w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"])
+        w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"],
+                            next_value=next_value)
         loss = qsft_loss(theta(t["state"]), t["action"], w, leftover) + behavior_loss(phi(t["state"]), t["action"])
         opt.zero_grad()
         loss.backward()
@@ -123,3 +125,19 @@ def test_peaked_poor_behaviour_regime_is_reported(report):
         r = returns("peaked_poor", leftover)
         report(f"tabular returns [peaked-on-poor behaviour, {leftover}]: {fmt(r)}")
         assert all(0.0 <= v <= r["optimal"] + 1e-9 for v in r.values())
+
+
+def test_expectation_targets_reach_pi_beta_times_its_own_q():
+    """next_value="expectation" (dummy leftover): the fixed point is p = pi_beta * Q^{pi_beta}, with
+    Q^{pi_beta} from an exact linear solve; and acting greedily on it beats pi_beta (one-step
+    improvement), while the max variant's fixed point is a different table on this MDP."""
+    mdp = random_mdp(seed=MDP_SEED, behaviour="random")
+    data = sample_dataset(mdp, EPISODES, seed=1)
+    p, _ = train_tables(data, mdp.num_token_states, mdp.num_bins, "dummy", next_value="expectation")
+    want = mdp.behaviour_table() * q_behaviour(mdp)
+    rows = np.nonzero(np.bincount(data["state"], minlength=mdp.num_token_states) >= 300)[0]
+    B = mdp.num_bins
+    err = np.abs(p[rows, :B] - want[rows]).max()
+    assert err <= 0.05, err
+    assert np.abs(qsft_fixed_point(mdp, "dummy")[rows, :B] - want[rows]).max() > 0.05
+    assert expected_return(mdp, greedy(p[:, :B])) > expected_return(mdp, mdp.behaviour_table()) + 0.01

@@ -347,7 +347,7 @@ class Trainer:
         next_q = torch.cat([tq_cur[:, 1:], tq_next[:, None]], dim=1)
         next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
         w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
-                            r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps)
+                            r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps, self.cfg.algo.next_value)
         if self.cfg.algo.mc_lower_bound:
             w = mc_lower_bound(w, torch.as_tensor(d.mc_return[idx]))
         ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, self.cfg.algo.leftover)
