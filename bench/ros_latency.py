@@ -128,7 +128,8 @@ def main():
                       "node_wait_ms": float(np.median(stages[:, 0])),
                       "node_frame_to_command_ms": float(np.median(stages[:, 1])),
                       "bare_idle_ms": med_bi,
-                      "overhead_vs_bare_ms": med_l - med_b, "overhead_vs_bare_idle_ms": med_l - med_bi, "overhead_vs_node_ms": med_l - med_i}))
+                      "overhead_vs_bare_ms": med_l - med_b, "overhead_vs_bare_idle_ms": med_l - med_bi,
+                      "overhead_vs_node_ms": med_l - med_i}))
 
 
 if __name__ == "__main__":
