@@ -1,7 +1,7 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
 (frozen, cached pi_beta), measured in one run; ratios against SFT.
 
-    python bench/train_step.py [--batch 32 --steps 10]
+    python bench/train_step.py [--batch 32 --steps 30]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from common import OUT, episodes, machine, table  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=30)
     a = ap.parse_args()
     import shutil
 
