@@ -177,3 +177,28 @@ def test_bf16_mixed_precision_on_cpu_computes_in_bf16_and_keeps_fp32_weights(tmp
     assert all(t.dtype == torch.float32 for t in load_file(str(next((ckpt / "model").glob("*.safetensors")))).values())
     diff = (runs["no"] - runs["bf16"]).abs().max().item()
     assert 0 < diff <= 2 * lr * 1.01
+
+
+def test_theta_bar_over_both_prompts_in_one_call_equals_two_calls(tmp_path, episodes):
+    """The frozen-pi_beta step scores P_t (+ b^{1:D-1}) and P_{t+1} with theta_bar in one batched call, the
+    next prompts carrying their own logged tokens: the logits at the end of P_{t+1} must not see them."""
+    tr = Trainer(cfg_for(tmp_path, steps=1), episodes)
+    ad, d = tr.adapter, tr.data
+    idx = tr.batch_indices(0)
+    nidx = d.next_index[idx]
+    D = ad.num_dims
+    with torch.no_grad():
+        for p in tr.target.parameters():  # away from the near-uniform init, so a leak would show
+            p.add_(torch.randn_like(p) * 0.02)
+        cur = ad.encode(d.images[idx], [d.instructions[i] for i in idx], d.state[idx], d.tokens[idx][:, :-1])
+        nxt = ad.encode(d.images[nidx], [d.instructions[i] for i in nidx], d.state[nidx], None)
+        sep_cur = ad.action_logits(tr.target, cur, D, with_dummy=True)
+        sep_next = ad.action_logits(tr.target, nxt, 1, with_dummy=True)[:, 0]
+        both = ad.encode(np.concatenate([d.images[idx], d.images[nidx]]),
+                         [d.instructions[i] for i in np.concatenate([idx, nidx])],
+                         np.concatenate([d.state[idx], d.state[nidx]]),
+                         np.concatenate([d.tokens[idx][:, :-1], d.tokens[nidx][:, :-1]]))
+        tq = ad.action_logits(tr.target, both, D, with_dummy=True)
+    assert sep_next.std() > 1e-3
+    assert torch.allclose(tq[:len(idx)], sep_cur, atol=2e-4)
+    assert torch.allclose(tq[len(idx):, 0], sep_next, atol=2e-4)

@@ -334,12 +334,21 @@ class Trainer:
         nidx = d.next_index[idx]
         n_images, n_instr, n_state = self._inputs(nidx, next_images)
         with torch.no_grad():
-            tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
-            nxt = ad.encode(n_images, n_instr, n_state, None)
-            tq_next = ad.action_logits(self.target, nxt, 1, with_dummy=True)[:, 0]
             if self.pi_cache is not None:
+                # theta_bar over P_t and P_{t+1} in ONE call (DESIGN §2.4): the next prompts get their own
+                # logged tokens appended so both halves have the same shape; a causal model's logits at
+                # the end of P_{t+1} (the first of the last D positions) do not see those tokens
+                n = len(idx)
+                both = ad.encode(np.concatenate([np.asarray(images), np.asarray(n_images)]), instr + n_instr,
+                                 None if state is None else np.concatenate([state, n_state]),
+                                 np.concatenate([d.tokens[idx][:, :-1], d.tokens[nidx][:, :-1]]))
+                tq = ad.action_logits(self.target, both, D, with_dummy=True)
+                tq_cur, tq_next = tq[:n], tq[n:, 0]
                 beh_next = self.pi_cache[nidx, 0].float()
             else:
+                tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
+                nxt = ad.encode(n_images, n_instr, n_state, None)
+                tq_next = ad.action_logits(self.target, nxt, 1, with_dummy=True)[:, 0]
                 beh_next = ad.action_logits(self.behavior, nxt, 1, with_dummy=False)[:, 0]
         r, disc = token_rewards_discounts(torch.as_tensor(d.reward[idx]), torch.as_tensor(d.done[idx]), D,
                                           self.cfg.algo.gamma)
