@@ -47,11 +47,6 @@ def shard(model: nn.Module, world: int, device: torch.device, mixed_precision: s
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def full_state_dict(model: nn.Module) -> dict:
     """The unsharded weights on CPU (a collective: every process must call it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

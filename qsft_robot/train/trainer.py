@@ -190,8 +190,9 @@ class Trainer:
         self.fsdp = cfg.train.distributed == "fsdp" and self.world > 1
         if self.fsdp:  # after loading full weights, before the optimizer sees the (now sharded) parameters
             from qsft_robot.train.fsdp import shard
-            for m in {id(m): m for m in (self.model, self.behavior, self.target) if m is not None}.values():
-                shard(m, self.world, self.accelerator.device, cfg.train.mixed_precision)
+            for m in (self.model, self.behavior, self.target):  # three distinct modules (LoRA is refused)
+                if m is not None:
+                    shard(m, self.world, self.accelerator.device, cfg.train.mixed_precision)
         elif cfg.train.distributed == "fsdp":
             logger.info("train.distributed=fsdp with one process: nothing to shard, training unsharded")
         if self.qsft:
