@@ -187,18 +187,18 @@ def test_theta_bar_over_both_prompts_in_one_call_equals_two_calls(tmp_path, epis
     idx = tr.batch_indices(0)
     nidx = d.next_index[idx]
     D = ad.num_dims
+    instr = [d.instructions[i] for i in idx]
+    n_instr = [d.instructions[i] for i in nidx]
     with torch.no_grad():
         for p in tr.target.parameters():  # away from the near-uniform init, so a leak would show
             p.add_(torch.randn_like(p) * 0.02)
-        cur = ad.encode(d.images[idx], [d.instructions[i] for i in idx], d.state[idx], d.tokens[idx][:, :-1])
-        nxt = ad.encode(d.images[nidx], [d.instructions[i] for i in nidx], d.state[nidx], None)
+        cur = ad.encode(d.images[idx], instr, d.state[idx], d.tokens[idx][:, :-1])
+        nxt = ad.encode(d.images[nidx], n_instr, d.state[nidx], None)
         sep_cur = ad.action_logits(tr.target, cur, D, with_dummy=True)
         sep_next = ad.action_logits(tr.target, nxt, 1, with_dummy=True)[:, 0]
-        both = ad.encode(np.concatenate([d.images[idx], d.images[nidx]]),
-                         [d.instructions[i] for i in np.concatenate([idx, nidx])],
-                         np.concatenate([d.state[idx], d.state[nidx]]),
-                         np.concatenate([d.tokens[idx][:, :-1], d.tokens[nidx][:, :-1]]))
-        tq = ad.action_logits(tr.target, both, D, with_dummy=True)
+        one_cur, one_next = ad.teacher_forced_and_next_logits(
+            tr.target, d.images[idx], instr, d.state[idx], d.tokens[idx], d.images[nidx], n_instr, d.state[nidx],
+            d.tokens[nidx], with_dummy=True)
     assert sep_next.std() > 1e-3
-    assert torch.allclose(tq[:len(idx)], sep_cur, atol=2e-4)
-    assert torch.allclose(tq[len(idx):, 0], sep_next, atol=2e-4)
+    assert torch.allclose(one_cur, sep_cur, atol=2e-4)
+    assert torch.allclose(one_next, sep_next, atol=2e-4)

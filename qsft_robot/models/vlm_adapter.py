@@ -132,6 +132,18 @@ class VLMAdapter:
         batch = self.encode(images, instructions, states, np.asarray(tokens)[:, :-1])
         return self.action_logits(model, batch, self.num_dims, with_dummy)
 
+    def teacher_forced_and_next_logits(self, model, images, instructions, states, tokens, next_images,
+                                       next_instructions, next_states, next_tokens,
+                                       with_dummy: bool) -> tuple[Tensor, Tensor]:
+        """(N, D, B[+1]) at (P_t, b_t^{1:D-1}) and (N, B[+1]) at the end of P_{t+1}, in ONE forward
+        (DESIGN §2.4 asks for one call). The next prompts carry their own logged tokens so both halves
+        have one shape; a causal model's logits at the end of P_{t+1} do not see them."""
+        n = len(instructions)
+        cat = lambda a, b: None if a is None else np.concatenate([np.asarray(a), np.asarray(b)])  # noqa: E731
+        both = self.teacher_forced_logits(model, cat(images, next_images), list(instructions) + list(next_instructions),
+                                          cat(states, next_states), cat(tokens, next_tokens), with_dummy)
+        return both[:n], both[n:, 0]
+
     # ---- acting -------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, images, instructions, states=None, mode: str = "argmax_q", behavior_model=None,

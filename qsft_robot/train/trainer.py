@@ -336,15 +336,9 @@ class Trainer:
         n_images, n_instr, n_state = self._inputs(nidx, next_images)
         with torch.no_grad():
             if self.pi_cache is not None:
-                # theta_bar over P_t and P_{t+1} in ONE call (DESIGN §2.4): the next prompts get their own
-                # logged tokens appended so both halves have the same shape; a causal model's logits at
-                # the end of P_{t+1} (the first of the last D positions) do not see those tokens
-                n = len(idx)
-                both = ad.encode(np.concatenate([np.asarray(images), np.asarray(n_images)]), instr + n_instr,
-                                 None if state is None else np.concatenate([state, n_state]),
-                                 np.concatenate([d.tokens[idx][:, :-1], d.tokens[nidx][:, :-1]]))
-                tq = ad.action_logits(self.target, both, D, with_dummy=True)
-                tq_cur, tq_next = tq[:n], tq[n:, 0]
+                tq_cur, tq_next = ad.teacher_forced_and_next_logits(
+                    self.target, images, instr, state, d.tokens[idx], n_images, n_instr, n_state, d.tokens[nidx],
+                    with_dummy=True)
                 beh_next = self.pi_cache[nidx, 0].float()
             else:
                 tq_cur = ad.action_logits(self.target, cur, D, with_dummy=True)
