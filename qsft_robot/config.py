@@ -23,6 +23,7 @@ class ModelConfig:
     use_state: bool = True          # proprio state as text in the prompt
     token_mapping: str = "added_tokens"  # or "least_used" (OpenVLA)
     dtype: str = "float32"
+    freeze_vision: bool = False     # train projector + language model only (LLaVA-1.5); see models/families.py
     lora_rank: int = 0              # >0: theta, pi_beta, theta_bar as LoRA adapters over one frozen base (peft)
     lora_alpha: int = 32
     lora_targets: list = field(default_factory=list)  # module names; empty: attention, MLP and lm_head

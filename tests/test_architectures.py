@@ -140,3 +140,25 @@ def test_unsupported_architecture_is_named():
     from qsft_robot.models.families import family_of
     with pytest.raises(ValueError, match="unsupported VLM architecture 'blip_2'.*paligemma"):
         family_of(SimpleNamespace(config=SimpleNamespace(model_type="blip_2")))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freeze_vision_trains_projector_and_language_model_only(tmp_path, built, episodes, arch):
+    """model.freeze_vision (LLaVA-1.5's recipe) on every family: the image encoder found for it is a
+    proper part of the model, stays bit-identical through Q-SFT steps, and everything else trains."""
+    from qsft_robot.models.families import vision_encoder
+
+    cfg = load_config(None, ["model.preset=pretrained", f"model.path={built[arch]}", f"train.out_dir={tmp_path}",
+                             "train.steps=2", "train.batch_size=4", "algo.num_bins=8", "train.save_every=2",
+                             "train.warmup_steps=1", "train.tensorboard=false", "model.freeze_vision=true"])
+    tr = Trainer(cfg, episodes)
+    enc = vision_encoder(tr.model)
+    enc_ids = {id(p) for p in enc.parameters()}
+    assert 0 < len(enc_ids) < len(list(tr.model.parameters()))
+    frozen = {n: p.detach().clone() for n, p in tr.model.named_parameters() if id(p) in enc_ids}
+    rest = {n: p.detach().clone() for n, p in tr.model.named_parameters() if id(p) not in enc_ids}
+    tr.train()
+    named = dict(tr.model.named_parameters())
+    assert all(torch.equal(named[n], p) for n, p in frozen.items()), "the frozen encoder changed"
+    assert sum(not torch.equal(named[n], p) for n, p in rest.items()) > len(rest) // 2
+    assert not any(p.requires_grad for p in vision_encoder(tr.behavior).parameters())  # pi_beta is frozen too

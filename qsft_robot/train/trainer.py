@@ -24,6 +24,7 @@ from qsft_robot.config import ConfigError, RunConfig, to_dict
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.data.episode import DatasetError, Episode
 from qsft_robot.data.transitions import Transitions, build_transitions
+from qsft_robot.models.families import freeze_vision_encoder
 from qsft_robot.models.tiny_vlm import build_tiny_vlm, instruction_words
 from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.train.checkpoint import latest_valid_checkpoint, resolve_checkpoint, save_checkpoint
@@ -176,6 +177,8 @@ class Trainer:
         with self.accelerator.main_process_first():
             self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
         self.model.to(self.accelerator.device)
+        if cfg.model.freeze_vision:  # before the copies: pi_beta and theta_bar inherit it
+            logger.info("vision encoder frozen (%d parameters)", freeze_vision_encoder(self.model))
         self.qsft = cfg.algo.name == "qsft"
         self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
                                   leftover=cfg.algo.leftover, image_position=cfg.model.image_position)
