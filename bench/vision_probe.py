@@ -52,10 +52,9 @@ def main():
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from qsft_robot.algo.policy import load_policy
-    from qsft_robot.benchmark import _train
+    from qsft_robot.benchmark import BASE_SETS, _train
 
-    ckpt, secs = _train(Path(a.data), Path(a.out), a.algo, a.steps, 0,
-                        ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", *a.sets])
+    ckpt, secs = _train(Path(a.data), Path(a.out), a.algo, a.steps, 0, [*BASE_SETS, *a.sets])
     acc, n = sign_agreement(load_policy(ckpt), a.task)
     half = 1.96 * (0.25 / n) ** 0.5
     print(f"| {a.algo} {a.steps} steps {' '.join(a.sets)} | sign agreement {acc:.3f} (chance 0.5 +- {half:.3f}, "

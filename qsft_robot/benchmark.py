@@ -22,6 +22,8 @@ METHODS = ("sft", "filtered_bc", "qsft")
 # README's Results explains each (support threshold, failed time-outs as terminals, fast target net)
 TUNED_Q = ["algo.support_eps=0.05", "data.end_is_terminal=true", "algo.polyak_alpha=0.5", "algo.gamma=0.9"]
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", "qsft": "Q-SFT"}
+# every method's training settings (compact model, CPU budget); spec.overrides come after these
+BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50"]
 
 
 @dataclass
@@ -56,7 +58,7 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
 
     out = Path(out)
     results: dict = {"spec": asdict(spec), "tasks": {}}
-    base_sets = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", *spec.overrides]
+    base_sets = [*BASE_SETS, *spec.overrides]
     for task in spec.tasks:
         data = out / task / "dataset"
         if not (data / "meta" / "info.json").is_file():
