@@ -22,16 +22,38 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--bins", type=int, default=256)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "tiny_scratch"],
+                    help="compact presets: tiny (default, EfficientNet tower), tiny_scratch (earlier default)")
     ap.add_argument("--archs", nargs="*", default=None, help="small-config architectures (default: all)")
     a = ap.parse_args()
+    eps = episodes()
+    rows = []
+    for preset in a.presets:
+        pol = _policy(eps, a, preset)
+        for n in a.batch:
+            imgs, instr, st = _inputs(eps, n)
+            res = {}
+            for mode in ("argmax_q", "paper"):
+                for cache in (False, True):
+                    t = timeit(lambda: pol.adapter.decode(imgs, instr, st, mode=mode,
+                                                          behavior_model=pol.behavior_model, use_cache=cache),
+                               repeat=10)
+                    res[(mode, cache)] = t
+                rows.append([preset, n, mode, f"{n / res[(mode, False)]:.1f}", f"{n / res[(mode, True)]:.1f}",
+                             f"{res[(mode, False)] / res[(mode, True)]:.2f}x"])
+    table(f"decode: actions/s from camera frames (image tower included), compact model (D=4, B={a.bins}), "
+          f"{a.device} {a.dtype}{' compiled' if a.compile else ''} — {machine()}",
+          ["preset", "batch", "mode", "no cache", "KV cache", "speed-up"], rows)
+    arch_table(eps, a, pol.action_tokenizer)
+
+
+def _policy(eps, a, preset: str):
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.config import load_config
     from qsft_robot.train.trainer import train
 
-    eps = episodes()
-    run = OUT / "decode_run"
-    ckpt = train(load_config(None, [f"train.out_dir={run}", "train.steps=1", "train.batch_size=4",
-                                    f"algo.num_bins={a.bins}"]), eps)
+    ckpt = train(load_config(None, [f"train.out_dir={OUT / ('decode_run_' + preset)}", "train.steps=1",
+                                    "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
     pol = load_policy(ckpt, device=a.device)
     dtype = getattr(torch, a.dtype)
     pol.adapter.model.to(dtype)
@@ -39,21 +61,7 @@ def main():
         pol.behavior_model.to(dtype)
     if a.compile:
         pol.adapter.model.forward = torch.compile(pol.adapter.model.forward, dynamic=True)
-    rows = []
-    for n in a.batch:
-        imgs, instr, st = _inputs(eps, n)
-        res = {}
-        for mode in ("argmax_q", "paper"):
-            for cache in (False, True):
-                t = timeit(lambda: pol.adapter.decode(imgs, instr, st, mode=mode, behavior_model=pol.behavior_model,
-                                                      use_cache=cache), repeat=10)
-                res[(mode, cache)] = t
-            rows.append([n, mode, f"{n / res[(mode, False)]:.1f}", f"{n / res[(mode, True)]:.1f}",
-                         f"{res[(mode, False)] / res[(mode, True)]:.2f}x"])
-    table(f"decode: actions/s, default model (D=4, B={a.bins}), {a.device} {a.dtype}"
-          f"{' compiled' if a.compile else ''} — {machine()}",
-          ["batch", "mode", "no cache", "KV cache", "speed-up"], rows)
-    arch_table(eps, a, pol.action_tokenizer)
+    return pol
 
 
 def _inputs(eps, n):

@@ -1,5 +1,6 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
-(frozen, cached pi_beta), measured in one run; ratios against SFT.
+(frozen, cached pi_beta), measured in one run; ratios against the default's SFT step, and the earlier
+default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache) as a baseline row.
 
     python bench/train_step.py [--batch 32 --steps 30]
 """
@@ -25,11 +26,13 @@ def main():
     from qsft_robot.train.trainer import Trainer
 
     eps = episodes(n=24)
-    variants = {"sft": ["algo.name=sft"], "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
+    variants = {"sft, tiny_scratch (earlier default)": ["algo.name=sft", "model.preset=tiny_scratch",
+                                                        "model.freeze_vision=false"],
+                "sft": ["algo.name=sft"], "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
                 "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"]}
     times = {}
     for name, sets in variants.items():
-        run = OUT / f"train_step_{name.replace(' ', '_').replace('+', '_')}"
+        run = OUT / f"train_step_{''.join(c if c.isalnum() else '_' for c in name)}"
         shutil.rmtree(run, ignore_errors=True)
         tr = Trainer(load_config(None, sets + [f"train.out_dir={run}", f"train.batch_size={a.batch}",
                                                "train.steps=100000", "train.save_every=100000"]), eps)
@@ -41,7 +44,8 @@ def main():
             tr.train_step()
         times[name] = (time.perf_counter() - t) / a.steps
     rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x"] for k, v in times.items()]
-    table(f"train step, default model, batch {a.batch} — {machine()}", ["algorithm", "s/step", "vs SFT"], rows)
+    table(f"train step, default model (frozen EfficientNet tower, cached features), batch {a.batch} — {machine()}",
+          ["algorithm", "s/step", "vs SFT"], rows)
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=["arm_reach_red", "base_goto_red"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--bc-steps", type=int, default=500)
-    p.add_argument("--q-steps", type=int, default=300)
+    p.add_argument("--bc-steps", type=int, default=1000)
+    p.add_argument("--q-steps", type=int, default=500)
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--eval-seed", type=int, default=1000,
                    help="first evaluation episode seed (1000: the reported runs; tune on others, e.g. 5000)")

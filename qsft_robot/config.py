@@ -15,15 +15,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"            # "tiny" (built from config) or "pretrained" (local HF folder)
+    # "tiny": the compact default (ImageNet EfficientNet-Lite0 tower + a small Llama, built offline);
+    # "tiny_scratch": the same with the earlier CLIP-style tower trained from scratch (comparison only);
+    # "pretrained": a local HF folder (model.path)
+    preset: str = "tiny"
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
     image_size: int = 64
-    patch_size: int = 16            # tiny preset: vision patch size ((image_size/patch_size)^2 image tokens)
+    patch_size: int = 16            # tiny_scratch: vision patch size ((image_size/patch_size)^2 image tokens)
+    output_stride: int = 16         # tiny: EfficientNet feature map stride (4, 8, 16, 32); 16 -> 4x4 tokens at 64 px
     image_position: str = "first"   # first | after_instruction (image tokens after the question)
     use_state: bool = True          # proprio state as text in the prompt
     token_mapping: str = "added_tokens"  # or "least_used" (OpenVLA)
     dtype: str = "float32"
-    freeze_vision: bool = False     # train projector + language model only (LLaVA-1.5); see models/families.py
+    # train projector + language model only (LLaVA-1.5's recipe; see models/families.py). With the tiny
+    # preset's pretrained tower frozen, image features are computed once per frame and cached
+    freeze_vision: bool = True
     lora_rank: int = 0              # >0: theta, pi_beta, theta_bar as LoRA adapters over one frozen base (peft)
     lora_alpha: int = 32
     lora_targets: list = field(default_factory=list)  # module names; empty: attention, MLP and lm_head
@@ -35,7 +41,9 @@ class AlgoConfig:
     gamma: float = 0.95
     polyak_alpha: float = 0.005
     support_eps: float = 1e-4
-    next_value: str = "max"         # max (DESIGN §2.4) | expectation (in-sample value of pi_beta; algo/qsft.py)
+    next_value: str = "max"         # max (DESIGN §2.4) | expectation | expectile (in-sample; algo/qsft.py)
+    expectile: float = 0.9          # tau of next_value=expectile (0.5: expectation, -> 1: max over the support)
+    target: str = "bellman"         # bellman | return_to_go (w = the logged discounted return G_t: Q of pi_beta)
     mc_lower_bound: bool = False    # w = max(Bellman target, logged discounted return-to-go); see algo/qsft.py
     leftover: str = "dummy"         # dummy | uniform (see README: why dummy is the default)
     behavior: str = "joint"         # joint | frozen (train pi_beta first, then freeze)
@@ -54,6 +62,7 @@ class DataConfig:
     instruction: str = ""           # for logs without language (ALOHA HDF5)
     end_is_terminal: bool = False   # last step of every episode is terminal (failed time-out = value 0)
     drop_nonfinite: bool = False    # drop frames with NaN/inf actions (counted in the log) instead of failing
+    feature_cache: str = ""         # frozen-tower feature cache folder; "": $QSFT_ROBOT_CACHE or ~/.cache/qsft_robot
 
 
 @dataclass
@@ -183,7 +192,9 @@ def validate(cfg: RunConfig) -> None:
         ("algo.name", cfg.algo.name in ("qsft", "sft", "filtered_bc")),
         ("algo.leftover", cfg.algo.leftover in ("dummy", "uniform")),
         ("algo.behavior", cfg.algo.behavior in ("joint", "frozen")),
-        ("algo.next_value", cfg.algo.next_value in ("max", "expectation")),
+        ("algo.next_value", cfg.algo.next_value in ("max", "expectation", "expectile")),
+        ("algo.expectile", 0.0 < cfg.algo.expectile < 1.0),
+        ("algo.target", cfg.algo.target in ("bellman", "return_to_go")),
         ("algo.gamma", 0.0 <= cfg.algo.gamma <= 1.0),
         ("algo.polyak_alpha", 0.0 < cfg.algo.polyak_alpha <= 1.0),
         ("algo.num_bins", cfg.algo.num_bins >= 2),
@@ -194,7 +205,8 @@ def validate(cfg: RunConfig) -> None:
         ("train.device", cfg.train.device in ("auto", "cpu", "cuda")),
         ("train.distributed", cfg.train.distributed in ("ddp", "fsdp")),
         ("eval.mode", cfg.eval.mode in ("argmax_q", "paper", "sft")),
-        ("model.preset", cfg.model.preset in ("tiny", "pretrained")),
+        ("model.preset", cfg.model.preset in ("tiny", "tiny_scratch", "pretrained")),
+        ("model.output_stride", cfg.model.output_stride in (4, 8, 16, 32)),
     ]
     for key, ok in checks:
         if not ok:

@@ -10,6 +10,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
+if "QSFT_ROBOT_CACHE" not in os.environ:  # the frozen-tower feature cache: one fresh folder per test session
+    import tempfile
+    os.environ["QSFT_ROBOT_CACHE"] = tempfile.mkdtemp(prefix="qsft_robot_cache_")
 
 import pytest  # noqa: E402
 

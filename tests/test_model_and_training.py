@@ -174,7 +174,8 @@ def test_bf16_mixed_precision_on_cpu_computes_in_bf16_and_keeps_fp32_weights(tmp
         runs[prec] = params(tr.model)
         assert all(p.dtype == torch.float32 for p in tr.model.parameters())
     from safetensors.torch import load_file
-    assert all(t.dtype == torch.float32 for t in load_file(str(next((ckpt / "model").glob("*.safetensors")))).values())
+    saved = load_file(str(next((ckpt / "model").glob("*.safetensors")))).values()
+    assert all(t.dtype == torch.float32 for t in saved if t.is_floating_point())  # (BatchNorm counters are int64)
     diff = (runs["no"] - runs["bf16"]).abs().max().item()
     assert 0 < diff <= 2 * lr * 1.01
 
@@ -202,3 +203,28 @@ def test_theta_bar_over_both_prompts_in_one_call_equals_two_calls(tmp_path, epis
     assert sep_next.std() > 1e-3
     assert torch.allclose(one_cur, sep_cur, atol=2e-4)
     assert torch.allclose(one_next, sep_next, atol=2e-4)
+
+
+def test_acting_honours_the_support_the_targets_used(tmp_path, episodes):
+    """A Q-SFT checkpoint acts (argmax_q) within pi_beta's support at the threshold it was trained with:
+    every chosen bin has pi_beta > support_eps (or is pi_beta's own argmax), whatever theta prefers."""
+    from qsft_robot.algo.policy import load_policy
+
+    ckpt = Trainer(cfg_for(tmp_path, steps=2, **{"algo.support_eps": 0.2}), episodes).train()
+    pol = load_policy(ckpt)
+    assert pol.support_eps == 0.2 and load_policy(ckpt, support_eps=None).support_eps is None
+    with torch.no_grad():  # make theta prefer bins pi_beta finds unlikely: the mask must overrule it
+        emb = pol.adapter.model.get_output_embeddings().weight
+        ids = pol.adapter.bin_token_ids
+        emb[ids] = torch.randn_like(emb[ids]) * 5
+    imgs = np.stack([e.images["wrist"][:1] for e in episodes])
+    instr = [e.instruction for e in episodes]
+    states = np.stack([e.state[0] for e in episodes])
+    chosen = pol.act_tokens(imgs, instr, states)
+    with torch.no_grad():  # pi_beta at each chosen token's own context (P, b^1..b^{d-1})
+        pi = pol.adapter.teacher_forced_logits(pol.behavior_model, imgs, instr, states, chosen, False).softmax(-1)
+    p_chosen = pi.gather(-1, torch.as_tensor(chosen)[..., None])[..., 0]
+    assert ((p_chosen > 0.2) | (p_chosen >= pi.max(-1).values)).all()
+    free = load_policy(ckpt, support_eps=None)
+    free.adapter.model = pol.adapter.model
+    assert (free.act_tokens(imgs, instr, states) != chosen).any()  # without the mask theta's choice differs

@@ -114,3 +114,25 @@ def test_benchmark_ci_sized(tmp_path, report):
     assert rows["qsft"]["ci95"][1] >= rows["sft"]["ci95"][0], rows  # the 95% intervals overlap
     report("benchmark (CI size: base_goto_red, 40 episodes, BC 60 / Q-SFT +30 steps, 20 eval episodes): " +
            ", ".join(f"{m} {rows[m]['mean']:.2f}" for m in ("sft", "filtered_bc", "qsft")))
+
+
+def test_value_probe_separates_successful_from_failed_first_actions(tmp_path, episodes):
+    """train/value_probe.py: with calibrated (return-to-go) targets the logged first actions of failed
+    episodes lose value against those of successful ones within a few dozen steps, and the run logs
+    it (CSV) and draws it (values.png); the saturation column is there for the max backup to show."""
+    import csv
+
+    from qsft_robot.train.value_probe import ValueProbe
+    tr = Trainer(_cfg(tmp_path / "q", "qsft", 40, "algo.target=return_to_go", "data.end_is_terminal=true",
+                      "train.lr=0.003", "train.log_every=10"), episodes)
+    probe = ValueProbe(tr.data)
+    assert probe.usable and probe.success.sum() == sum(e.success for e in episodes)
+    first = set(np.flatnonzero(np.r_[True, np.diff(tr.data.episode) != 0]).tolist())
+    assert set(probe.index.tolist()) == first
+    start = probe.measure(tr)
+    assert abs(start["q_success"] - start["q_failure"]) < 0.05  # theta = pi_beta at the start: Q = 1 for all
+    tr.train()
+    rows = list(csv.DictReader(open(tmp_path / "q" / "train_log.csv")))
+    end = {k: float(rows[-1][k]) for k in ("q_success", "q_failure", "frac_saturated")}
+    assert end["q_success"] > end["q_failure"] + 0.2, end
+    assert (tmp_path / "q" / "values.png").stat().st_size > 5000

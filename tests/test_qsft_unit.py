@@ -111,3 +111,24 @@ def test_last_dim_target_uses_reward_and_discount():
     pi = logits_of([[0.5, 0.4, 0.1]])  # ratios 0.2, 0.5, 7.0 -> max 7
     w = bellman_targets(q, pi, torch.tensor([0.05]), torch.tensor([0.09]))
     assert w.item() == pytest.approx(min(1.0, 0.05 + 0.09 * 7.0))
+
+
+def test_expectation_value_is_normalised_over_the_supported_bins():
+    """E_{pi_beta | support}[p_target / pi_beta]: pi_beta's unsupported mass must not shrink the value.
+    Here p_target = 0.5 * pi_beta on every bin (Q = 0.5), and one bin is outside the support."""
+    pi = torch.tensor([[0.6, 0.38, 0.02]])
+    q = torch.cat([0.5 * pi, torch.tensor([[0.5]])], dim=1).log()     # dummy column takes 1 - 0.5
+    w = bellman_targets(q, pi.log(), torch.zeros(1), torch.ones(1), support_eps=0.05, next_value="expectation")
+    assert w.item() == pytest.approx(0.5, rel=1e-5)  # unnormalised it was 0.5 * 0.98 = 0.49
+
+
+def test_support_keeps_pi_betas_most_likely_bin_when_every_bin_is_below_eps():
+    from qsft_robot.algo.qsft import support_mask
+    flat = torch.full((1, 32), 1 / 32).log_softmax(-1).exp()
+    flat[0, 7] += 0.001
+    flat = flat / flat.sum()
+    m = support_mask(flat, 0.05)
+    assert m.sum().item() == 1 and m[0, 7]
+    q = torch.cat([0.5 * flat, torch.tensor([[0.5]])], dim=1).log()
+    w = bellman_targets(q, flat.log(), torch.zeros(1), torch.ones(1), support_eps=0.05)
+    assert w.item() == pytest.approx(0.5, rel=1e-4)  # the argmax bin's ratio, not 0 from an empty support

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from qsft_robot.config import load_config
+from qsft_robot.data.feature_cache import FeatureStore
 from qsft_robot.data.image_store import MemmapImageStore
 from qsft_robot.data.lerobot import read_lerobot, write_lerobot_v30
 from qsft_robot.sim.collect import collect_episodes
@@ -26,10 +27,12 @@ def test_memmap_store_matches_decoded_frames_and_workers_match_inline(tmp_path):
         return tr
 
     inline = run("inline", 0)
-    assert isinstance(inline.data.images, MemmapImageStore)
-    np.testing.assert_array_equal(inline.data.images[np.arange(len(decoded))], decoded)
-    # the store pickles by path (what DataLoader workers receive), not by content
-    assert len(pickle.dumps(inline.data.images)) < 2000
+    assert isinstance(inline.frames, MemmapImageStore)
+    np.testing.assert_array_equal(inline.frames[np.arange(len(decoded))], decoded)
+    # the frozen tower trains on cached features, memmapped too; both stores pickle by path (what
+    # DataLoader workers receive), not by content
+    assert isinstance(inline.data.images, FeatureStore) and len(inline.data.images) == len(decoded)
+    assert len(pickle.dumps(inline.frames)) < 2000 and len(pickle.dumps(inline.data.images)) < 2000
     workers = run("workers", 2)
     for a, b in zip(inline.model.parameters(), workers.model.parameters()):
         assert torch.equal(a, b)

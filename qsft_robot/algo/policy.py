@@ -67,6 +67,9 @@ def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "
     mode = mode or ("argmax_q" if algo == "qsft" else "sft")
     if algo != "qsft" and mode != "sft":
         raise ValueError(f"checkpoint {ckpt} was trained with {algo}: only mode 'sft' applies")
+    if algo == "qsft" and mode == "argmax_q" and behavior is not None and "support_eps" not in kw:
+        # act within the support the Bellman targets were restricted to (algo.support_eps), not beyond it
+        kw["support_eps"] = float(cfg["algo"]["support_eps"])
     leftover = cfg["algo"]["leftover"] if algo == "qsft" else "uniform"
     adapter = VLMAdapter(model, processor, tok, use_state=cfg["model"]["use_state"], leftover=leftover,
                          image_position=cfg["model"].get("image_position", "first"))

@@ -10,34 +10,63 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def support_mask(pi_beta: Tensor, eps: float) -> Tensor:
+    """m(b|s) = [pi_beta(b|s) > eps], always keeping pi_beta's most likely bin.
+
+    Why the argmax is kept: with B bins the largest probability can be as low as 1/B, so a threshold
+    such as 0.05 with 32+ bins can empty the support of a flat pi_beta; the max (and an action chosen
+    within the support) must still have the bin the data makes most likely.
+    """
+    return (pi_beta > eps) | (pi_beta >= pi_beta.max(dim=-1, keepdim=True).values)
+
+
+def expectile(values: Tensor, weights: Tensor, tau: float, iters: int = 30) -> Tensor:
+    """Row-wise tau-expectile of discrete distributions: values (N, B) with weights (N, B) >= 0.
+
+    Solves sum_b w_b |tau - [x_b <= v]| (x_b - v) = 0 by the re-weighted-mean iteration (exact for a
+    discrete distribution once the set {x_b > v} stops changing, which takes a few steps). tau = 0.5
+    is the weighted mean, tau -> 1 the max over bins with weight: an in-distribution soft max.
+    """
+    v = (weights * values).sum(-1) / weights.sum(-1).clamp_min(1e-12)
+    for _ in range(iters):
+        k = torch.where(values > v[:, None], tau, 1.0 - tau) * weights
+        v = (k * values).sum(-1) / k.sum(-1).clamp_min(1e-12)
+    return v
+
+
 def bellman_targets(next_q_logits: Tensor, next_behavior_logits: Tensor, rewards: Tensor,
-                    discounts: Tensor, support_eps: float = 1e-4, next_value: str = "max") -> Tensor:
-    """w = clip(r + discount * max_b m(b) p_target(b) / pi_beta(b), 0, 1), without gradient.
+                    discounts: Tensor, support_eps: float = 1e-4, next_value: str = "max",
+                    tau: float = 0.9) -> Tensor:
+    """w = clip(r + discount * V(s'), 0, 1), without gradient, from Q(s', b) = p_target(b) / pi_beta(b).
 
-    The ratio p_target / pi_beta undoes the behaviour weighting that the loss builds into p_theta
-    (p_theta ~ pi_beta * Q), so the max recovers a value; the support mask keeps the max off bins
-    the data never shows, where the ratio would be a division by ~0 (DESIGN §2.4).
-
-    next_value="expectation" replaces the max by sum_b m(b) pi_beta(b) * ratio(b) = sum_b m(b)
-    p_target(b): the value of the *logged* policy (SARSA / one-step RL, Brandfonbrener et al. 2021),
-    still improved on at acting time by argmax p_theta ~ pi_beta * Q. Why offer it: the ratio is a
-    quotient of two separately trained networks and the max over bins picks its noise upward, so
-    with a small model the intra-step targets sit at ~1 (measured: mean target 0.98 over 1000 steps
-    on arm_reach_red). Meaningful with leftover="dummy" only: with the uniform leftover the real
-    bins' mass is ~1 whatever the value.
+    The ratio undoes the behaviour weighting the loss builds into p_theta (p_theta ~ pi_beta * Q);
+    the support mask m (support_mask) keeps every V off bins pi_beta does not take. V is:
+    - "max" (the paper, DESIGN §2.4): max_b m(b) Q(b). Kept selectable, but it saturates: Q is a
+      quotient of two separately trained networks and the max picks its noise upward, so the targets
+      pin at the clip value 1 (DESIGN §2.8: 98% of targets >= 0.999 whatever the start).
+    - "expectation": E_{pi_beta | m}[Q] = sum_b m p_target / sum_b m pi_beta, the logged policy's value
+      (SARSA / one-step RL, Brandfonbrener et al. 2021), improved on at acting time by argmax
+      p_theta ~ pi_beta * Q. Normalised over the support: without the denominator pi_beta's
+      unsupported mass (~0.28 per token with 32 bins) was dropped at every token and values collapsed.
+    - "expectile": the tau-expectile of Q under pi_beta on the support, IQL's in-sample maximum: it
+      moves towards the best *likely* bins without letting one unlikely bin's noisy ratio decide.
+    Meaningful with leftover="dummy" only: with the uniform leftover the real bins' mass is ~1.
     """
     with torch.no_grad():
         num_bins = next_behavior_logits.shape[-1]
         p_target = next_q_logits.float().softmax(-1)[:, :num_bins]  # drops the dummy column, if any
         pi_beta = next_behavior_logits.float().softmax(-1)
-        support = pi_beta > support_eps
+        support = support_mask(pi_beta, support_eps)
+        zero = torch.zeros_like(p_target)
+        ratio = torch.where(support, p_target / pi_beta.clamp_min(1e-12), zero)
         if next_value == "expectation":
-            value = torch.where(support, p_target, torch.zeros_like(p_target)).sum(-1)
+            value = torch.where(support, p_target, zero).sum(-1) / torch.where(support, pi_beta, zero).sum(-1)
+        elif next_value == "expectile":
+            value = expectile(ratio, torch.where(support, pi_beta, zero), tau)
         elif next_value == "max":
-            ratio = torch.where(support, p_target / pi_beta.clamp_min(support_eps), torch.zeros_like(p_target))
             value = ratio.max(dim=-1).values
         else:
-            raise ValueError(f"next_value must be 'max' or 'expectation', got {next_value!r}")
+            raise ValueError(f"next_value must be 'max', 'expectation' or 'expectile', got {next_value!r}")
         return (rewards.float() + discounts.float() * value).clamp(0.0, 1.0)
 
 

@@ -36,10 +36,11 @@ class ImageStore:
 class MemmapImageStore(ImageStore):
     """Backed by `frames.u8` + `frames.json` (shape) in a folder; opened lazily, so it pickles into
     DataLoader workers by path rather than by content."""
+    data_file, meta_file, dtype = "frames.u8", "frames.json", np.uint8
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        meta = json.loads((self.folder / "frames.json").read_text())
+        meta = json.loads((self.folder / self.meta_file).read_text())
         self._shape = tuple(meta["shape"])
         self.source = meta.get("source", "")
         self._mm: np.memmap | None = None
@@ -51,7 +52,7 @@ class MemmapImageStore(ImageStore):
     @property
     def array(self) -> np.memmap:
         if self._mm is None:
-            self._mm = np.memmap(self.folder / "frames.u8", dtype=np.uint8, mode="r", shape=self._shape)
+            self._mm = np.memmap(self.folder / self.data_file, dtype=self.dtype, mode="r", shape=self._shape)
         return self._mm
 
     def __getitem__(self, idx) -> np.ndarray:
@@ -96,5 +97,5 @@ class MemmapImageStore(ImageStore):
             store = cls(folder)
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return None
-        size_ok = (folder / "frames.u8").stat().st_size == int(np.prod(store.shape))
+        size_ok = (folder / cls.data_file).stat().st_size == int(np.prod(store.shape)) * np.dtype(cls.dtype).itemsize
         return store if size_ok and store.shape[0] == total_frames and store.source == source else None

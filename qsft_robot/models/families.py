@@ -118,7 +118,15 @@ def _llava(adapter, images: Tensor, texts: list[str]) -> Batch:
 
 
 def normalise_images(adapter, images: Tensor) -> Tensor:
-    """(N, cams, H, W, 3) uint8 -> (N * cams, 3, h, w) with the image processor's size, mean and std."""
+    """(N, cams, H, W, 3) uint8 -> (N * cams, 3, h, w) with the image processor's size, mean and std.
+
+    The one place pixels are normalised for the LLaVA family: training, sim evaluation and the ROS node
+    all reach it through `VLMAdapter.encode`, so the three cannot disagree. A floating-point input is
+    not pixels but the frozen tower's cached feature maps (N, cams, C, h, w) (data/feature_cache.py),
+    which the tower takes as they are.
+    """
+    if images.is_floating_point():
+        return images.reshape(-1, *images.shape[2:]).to(adapter.model.dtype)
     ip = adapter.processor.image_processor
     size = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["height"]
     n, cams = images.shape[:2]

@@ -27,6 +27,7 @@ BASE_WORDS = (
 ).split()
 PUNCT = list("?.:,;!-'\"()/")
 DIGITS = list("0123456789")
+VISION_TOWERS = ("efficientnet", "clip_scratch")
 
 
 def instruction_words(texts) -> list[str]:
@@ -70,37 +71,58 @@ def _rescale_init(model, std: float) -> None:
 
 def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 16,
                    vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 192,
-                   text_layers: int = 3, seed: int = 0) -> Path:
-    """Build tokenizer + processor + LlavaForConditionalGeneration from config and save them."""
+                   text_layers: int = 3, seed: int = 0, vision: str = "efficientnet",
+                   output_stride: int = 16) -> Path:
+    """Build tokenizer + processor + LlavaForConditionalGeneration from config and save them.
+
+    vision="efficientnet" (the default): the image tower is ImageNet EfficientNet-Lite0 cut at
+    `output_stride` (models/efficientnet_tower.py), its feature map flattened into image tokens, with
+    the weights' own normalisation in the saved image processor. vision="clip_scratch": the earlier
+    CLIP-style tower of `vision_layers` x `vision_hidden` trained from scratch (kept for comparison;
+    README, Results: it does not learn where objects are).
+    """
     import torch
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
+    from qsft_robot.models.efficientnet_tower import IMAGE_MEAN, IMAGE_STD, EfficientNetLiteVisionConfig
+
+    if vision not in VISION_TOWERS:
+        raise ValueError(f"unknown vision tower {vision!r}; choose from {VISION_TOWERS}")
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(extra_words)
+    norm = dict(image_mean=IMAGE_MEAN, image_std=IMAGE_STD) if vision == "efficientnet" else {}
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=True, do_resize=True)
-    num_patches = (image_size // patch_size) ** 2
+        do_center_crop=True, do_resize=True, **norm)
+    if vision == "efficientnet":
+        vcfg = EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride, token_norm=True)
+        num_patches, strategy, patch_size, extra_tokens = vcfg.num_image_tokens, "full", output_stride, 0
+        vision_cfg = vcfg
+    else:
+        num_patches, strategy, extra_tokens = (image_size // patch_size) ** 2, "default", 1
+        vision_cfg = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
+                                      intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
+                                      num_attention_heads=4, projection_dim=vision_hidden)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    vision = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
-                              intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
-                              num_attention_heads=4, projection_dim=vision_hidden)
+                               vision_feature_select_strategy=strategy, num_additional_image_tokens=extra_tokens)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
                        num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=4,
                        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text,
+    config = LlavaConfig(vision_config=vision_cfg, text_config=text,
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          image_seq_length=num_patches, vision_feature_layer=-1,
-                         vision_feature_select_strategy="default")
+                         vision_feature_select_strategy=strategy)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     _rescale_init(model, text_hidden ** -0.5)
+    if vision == "efficientnet":  # after the re-init, which would overwrite them
+        model.model.vision_tower.load_imagenet_weights()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("built tiny VLM (%.2fM params, vocab %d) at %s", n_params / 1e6, len(tokenizer), out_dir)
+    logger.info("built tiny VLM (%s tower, %.2fM params, vocab %d) at %s", vision, n_params / 1e6, len(tokenizer),
+                out_dir)
     return out_dir

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qsft_robot.algo.qsft import support_mask
 from qsft_robot.data.action_tokenizer import ActionTokenizer
-from qsft_robot.models.families import Batch, encode_prompts, family_of, image_placeholder, load_processor
+from qsft_robot.models.families import (Batch, encode_prompts, family_of, image_placeholder, load_processor,
+                                        normalise_images, vision_encoder)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,8 @@ class VLMAdapter:
                action_tokens: np.ndarray | None = None) -> Batch:
         """Prompt (+ optional teacher-forced action tokens b^1..b^k) for each sample, left-padded.
 
-        images: (N, H, W, 3) or (N, cams, H, W, 3) uint8.
+        images: (N, H, W, 3) or (N, cams, H, W, 3) uint8, or the frozen tower's cached feature maps
+        (N, cams, C, h, w) float (see `image_features`).
         """
         images = np.asarray(images)
         if images.ndim == 4:
@@ -116,6 +119,30 @@ class VLMAdapter:
             batch = batch.appended(
                 self.bin_token_ids.to(self.device)[torch.as_tensor(np.asarray(action_tokens), device=self.device)])
         return batch
+
+    # ---- frozen image features ---------------------------------------------------------------
+    def feature_cache_key(self) -> dict | None:
+        """What decides the frozen tower's features, or None when they cannot be cached (the tower
+        trains, or it is not the compact default's EfficientNet tower)."""
+        from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionModel, weights_id
+        if self.family != "llava":
+            return None
+        tower = vision_encoder(self.model)
+        if not isinstance(tower, EfficientNetLiteVisionModel) or any(p.requires_grad for p in tower.parameters()):
+            return None
+        ip = self.processor.image_processor
+        return {"tower": type(tower).__name__, "weights": weights_id(), "image_size": tower.config.image_size,
+                "output_stride": tower.config.output_stride, "mean": list(ip.image_mean), "std": list(ip.image_std),
+                "size": dict(ip.crop_size or ip.size), "dtype": str(self.model.dtype)}
+
+    @torch.no_grad()
+    def image_features(self, frames: np.ndarray) -> np.ndarray:
+        """(n, cams, H, W, 3) uint8 -> (n, cams, C, h, w) float32 feature maps of the frozen tower,
+        through the same normalisation as every other path."""
+        frames = np.asarray(frames)
+        x = normalise_images(self, torch.as_tensor(np.ascontiguousarray(frames), device=self.device))
+        fmap = vision_encoder(self.model).feature_map(x).float()
+        return fmap.reshape(frames.shape[0], frames.shape[1], *fmap.shape[1:]).cpu().numpy()
 
     # ---- logits -------------------------------------------------------------------------------
     def _forward(self, model, batch: Batch, keep: int):
@@ -180,16 +207,16 @@ class VLMAdapter:
                 # theta's p over real bins is softmax over bins + dummy (when present), sliced to B
                 ids_k = self.logit_ids if (k == 0 and mode != "sft") else self.bin_token_ids
                 dist.append(out.logits[:, -1, ids_k.to(self.device)].float())
-            probs = []
+            logp = []  # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
             for x in dist:
                 keep = F.pad(mask_bins[d], (0, x.shape[-1] - mask_bins.shape[-1]), value=True)
-                probs.append(x.masked_fill(~keep, float("-inf")).softmax(-1)[:, : mask_bins.shape[-1]])
+                logp.append(x.masked_fill(~keep, float("-inf")).log_softmax(-1)[:, : mask_bins.shape[-1]])
             if mode == "paper":  # pi_tilde ~ pi_beta * exp(beta * p_theta)
-                score = probs[1].log() + beta * probs[0]
+                score = logp[1] + beta * logp[0].exp()
             else:
-                score = probs[0].log()
+                score = logp[0]
             if need_behavior and support_eps is not None:
-                score = score.masked_fill(probs[1] <= support_eps, float("-inf"))
+                score = score.masked_fill(~support_mask(logp[1].exp(), support_eps), float("-inf"))
             if sample:
                 b = torch.multinomial(score.softmax(-1), 1, generator=generator).squeeze(-1)
             else:

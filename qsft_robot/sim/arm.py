@@ -145,6 +145,10 @@ class ArmTask(MujocoTask):
     def _state(self) -> np.ndarray:
         return np.concatenate([self.hand_pos, [1.0 if self.gripped else 0.0]])
 
+    def _oracle(self) -> np.ndarray:
+        """Each block's offset from the hand (x, y, z), in BLOCKS order; the target is fixed per task name."""
+        return np.concatenate([self.block_pos(c) - self.hand_pos for c in BLOCKS])
+
     def _success(self) -> bool:
         t = self.block_pos(self.target)
         if self.kind == "reach":

@@ -91,5 +91,12 @@ class BaseTask(MujocoTask):
     def _state(self) -> np.ndarray:
         return np.array([np.hypot(*self.data.qvel[:2]), self.data.qvel[2]])
 
+    def _oracle(self) -> np.ndarray:
+        """Each cone's position in the robot frame (forward, left), in CONES order."""
+        x, y, yaw = self.pose
+        c, s = np.cos(yaw), np.sin(yaw)
+        rel = [self.cone_pos(k) - (x, y) for k in CONES]
+        return np.concatenate([[c * d[0] + s * d[1], -s * d[0] + c * d[1]] for d in rel])
+
     def _success(self) -> bool:
         return bool(np.linalg.norm(self.pose[:2] - self.cone_pos(self.target)) < 0.45)

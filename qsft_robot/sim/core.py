@@ -34,7 +34,10 @@ class MujocoTask:
     video_camera: str = ""          # what videos show; empty: the observation camera
     state_dim: int = 0
 
-    def __init__(self, image_size: int = 64, max_steps: int = 40, render_size: int = 192):
+    def __init__(self, image_size: int = 64, max_steps: int = 40, render_size: int = 192, oracle_state: bool = False):
+        """oracle_state: append the objects' positions (robot frame) to the proprio state, so the value
+        learning of an algorithm can be judged apart from perception (the `*_oracle` tasks)."""
+        self.oracle_state = oracle_state
         self.image_size = image_size
         self.max_steps = max_steps
         self.render_size = render_size
@@ -52,6 +55,7 @@ class MujocoTask:
     def _apply(self, action: np.ndarray) -> None: ...
     def _state(self) -> np.ndarray: ...
     def _success(self) -> bool: ...
+    def _oracle(self) -> np.ndarray: ...
 
     def _renderer(self, size: int) -> mujoco.Renderer:
         if size not in self._renderers:
@@ -66,7 +70,10 @@ class MujocoTask:
 
     def observation(self) -> dict:
         return {"images": {self.camera: self.render(self.image_size, self.camera)},
-                "state": self._state().astype(np.float32), "instruction": self.instruction}
+                "state": self.state().astype(np.float32), "instruction": self.instruction}
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([self._state(), self._oracle()]) if self.oracle_state else self._state()
 
     def reset(self, seed: int | None = None):
         if seed is not None:

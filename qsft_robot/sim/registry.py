@@ -11,6 +11,9 @@ TASKS = {
     # region (README: Results); with the target fixed, what is left to learn is where it is
     "arm_reach_red": ("arm", {"kind": "reach", "target": "red"}),
     "base_goto_red": ("base", {"target": "red"}),
+    # the same with the objects' positions in the state: algorithm and perception judged apart
+    "arm_reach_red_oracle": ("arm", {"kind": "reach", "target": "red", "oracle_state": True}),
+    "base_goto_red_oracle": ("base", {"target": "red", "oracle_state": True}),
 }
 
 

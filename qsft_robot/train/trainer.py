@@ -30,8 +30,8 @@ from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.train.checkpoint import latest_valid_checkpoint, resolve_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
-LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "mean_p_data", "pi_entropy", "lr", "step_time",
-              "eval_success"]
+LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "frac_saturated", "mean_p_data", "pi_entropy",
+              "q_success", "q_failure", "lr", "step_time", "eval_success"]
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
@@ -98,10 +98,11 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
     if cfg.algo.behavior_init:  # a trained BC model: it already has the action vocabulary
         return VLMAdapter.from_pretrained(resolve_checkpoint(cfg.algo.behavior_init) / "model",
                                           dtype=getattr(torch, cfg.model.dtype))
-    if cfg.model.preset == "tiny":
+    if cfg.model.preset in ("tiny", "tiny_scratch"):
         base = build_tiny_vlm(run_dir / "base_model", extra_words=instruction_words(e.instruction for e in episodes),
                               image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
-                              seed=cfg.train.seed)
+                              seed=cfg.train.seed, output_stride=cfg.model.output_stride,
+                              vision="efficientnet" if cfg.model.preset == "tiny" else "clip_scratch")
     else:
         base = Path(cfg.model.path)
     model, processor = VLMAdapter.from_pretrained(base, dtype=getattr(torch, cfg.model.dtype))
@@ -182,6 +183,7 @@ class Trainer:
         self.qsft = cfg.algo.name == "qsft"
         self.adapter = VLMAdapter(self.model, self.processor, self.tokenizer, cfg.model.use_state,
                                   leftover=cfg.algo.leftover, image_position=cfg.model.image_position)
+        self._cache_image_features()
         self.behavior = self.target = None
         if cfg.model.lora_rank > 0:
             self._wrap_lora()
@@ -218,6 +220,18 @@ class Trainer:
         else:
             self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
             self.train_behavior = self.train_model
+
+    def _cache_image_features(self) -> None:
+        """Frozen pretrained tower: train on its cached per-frame features instead of pixels, so a step
+        costs the projector and the language model only (data/feature_cache.py)."""
+        self.frames = self.data.images  # the camera frames themselves, whatever the model trains on
+        key = self.adapter.feature_cache_key()
+        if key is None:
+            return
+        from qsft_robot.data.feature_cache import cached_features
+        with self.accelerator.main_process_first():  # one process writes, the others then find it
+            self.data.images = cached_features(self.data.images, self.adapter.image_features, key,
+                                               self.cfg.data.feature_cache or None)
 
     def _trained(self) -> dict:
         return {"model": self.model, "behavior": self.behavior} if self.qsft else {"model": self.model}
@@ -335,6 +349,9 @@ class Trainer:
                 p_data = float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())
             return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0, "mean_p_data": p_data}
         q_logits = ad.action_logits(self.train_model, cur, D, with_dummy=True)
+        if self.cfg.algo.target == "return_to_go":  # Monte-Carlo targets: no target network, no bootstrap
+            w = torch.as_tensor(d.mc_return[idx]).float().clamp(0.0, 1.0).repeat_interleave(D)
+            return self._q_loss(q_logits, tokens, w, bc, stats)
         nidx = d.next_index[idx]
         n_images, n_instr, n_state = self._inputs(nidx, next_images)
         with torch.no_grad():
@@ -354,13 +371,18 @@ class Trainer:
         next_q = torch.cat([tq_cur[:, 1:], tq_next[:, None]], dim=1)
         next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
         w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
-                            r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps, self.cfg.algo.next_value)
+                            r.reshape(-1), disc.reshape(-1), self.cfg.algo.support_eps, self.cfg.algo.next_value,
+                            self.cfg.algo.expectile)
         if self.cfg.algo.mc_lower_bound:
             w = mc_lower_bound(w, torch.as_tensor(d.mc_return[idx]))
+        return self._q_loss(q_logits, tokens, w, bc, stats)
+
+    def _q_loss(self, q_logits, tokens, w, bc, stats) -> tuple[torch.Tensor, dict]:
         ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, self.cfg.algo.leftover)
         loss = ql if self.pi_cache is not None else ql + bc
         p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
-        return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item()}
+        return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item(),
+                      "frac_saturated": (w >= 0.999).float().mean().item()}
 
     def train_step(self, prefetched=None) -> tuple[torch.Tensor, dict]:
         """One optimisation step over the global batch: this process's shard, in grad_accum
@@ -415,7 +437,9 @@ class Trainer:
         e = self.cfg.eval
         self.model.eval()
         mode = e.mode if self.qsft else "sft"
-        policy = Policy(self.adapter, behavior_model=self.behavior if self.qsft else None, mode=mode, beta=e.beta)
+        support = self.cfg.algo.support_eps if self.qsft and mode == "argmax_q" else None
+        policy = Policy(self.adapter, behavior_model=self.behavior if self.qsft else None, mode=mode, beta=e.beta,
+                        support_eps=support)
         with torch.no_grad():
             s = evaluate(policy, e.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs, videos=0,
                          out_dir=self.run_dir / "eval", image_size=self.cfg.model.image_size,
@@ -476,6 +500,11 @@ class Trainer:
                 StepBatches(self.data, cfg.train.seed, cfg.train.batch_size, self.step, cfg.train.steps),
                 batch_size=None, num_workers=cfg.train.num_workers, collate_fn=_identity,
                 prefetch_factor=2 if cfg.train.num_workers else None)) if cfg.train.num_workers > 0 else None
+            probe = None
+            if self.qsft and main and self.world == 1:  # value diagnostic (train/value_probe.py)
+                from qsft_robot.train.value_probe import ValueProbe
+                probe = ValueProbe(self.data, seed=cfg.train.seed)
+                probe = probe if probe.usable else None
             while self.step < cfg.train.steps:
                 if self.frozen_behavior_due():
                     self.pi_cache = self.build_behavior_cache()
@@ -488,15 +517,17 @@ class Trainer:
                     logger.info("step %d: closed-loop success %.2f on %s", self.step, row["eval_success"],
                                 cfg.eval.task)
                 log_now = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
+                if log_now and probe is not None and not self.frozen_behavior_due():
+                    row.update(probe.measure(self))
                 if log_now or row["eval_success"] is not None:
                     writer.writerow({k: row.get(k) for k in LOG_FIELDS})
                     fh.flush()
                     if tb is not None:
                         for k in LOG_FIELDS[1:]:
-                            if row[k] is not None:
+                            if row.get(k) is not None:
                                 tb.add_scalar(f"train/{k}", row[k], self.step)
-                    logger.info("step %d loss %.4f target %.3f p_data %.3f", self.step, row["loss"],
-                                row["mean_target"], row["mean_p_data"])
+                    logger.info("step %d loss %.4f target %.3f (>=0.999: %.2f) p_data %.3f", self.step, row["loss"],
+                                row["mean_target"], row.get("frac_saturated", 0.0), row["mean_p_data"])
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 bar.update(1)
                 if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
@@ -506,6 +537,9 @@ class Trainer:
             bar.close()
             if tb is not None:
                 tb.close()
+        if probe is not None:
+            from qsft_robot.train.value_probe import plot_values
+            plot_values(log_path, self.run_dir / "values.png")
         return last if last is not None else self.checkpoint()
 
 

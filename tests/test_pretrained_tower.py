@@ -1,0 +1,156 @@
+"""The compact default's ImageNet EfficientNet-Lite0 tower: weights, normalisation, frozen-feature cache."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qsft_robot.models.efficientnet_tower import IMAGE_MEAN, IMAGE_STD, reference_model
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    from qsft_robot.sim.collect import collect_episodes
+    return collect_episodes("arm_reach_red", 2, "expert", seed=0, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def compact(tmp_path_factory):
+    """The compact default VLM built, saved and reloaded the way every run loads it."""
+    from transformers import AutoModelForImageTextToText
+
+    from qsft_robot.models.tiny_vlm import build_tiny_vlm
+    path = build_tiny_vlm(tmp_path_factory.mktemp("compact"), image_size=64)
+    return AutoModelForImageTextToText.from_pretrained(path).eval(), path
+
+
+def test_reloaded_tower_reproduces_the_weights_package_reference(compact):
+    """A silent key-mapping mistake (a block left at its random init, BN statistics not loaded) changes
+    these features; the reference is the weights package's own network and forward."""
+    model, _ = compact
+    ref = reference_model()
+    got = {}
+    ref._blocks[10].register_forward_hook(lambda m, i, o: got.setdefault("f", o))
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref(x)
+        ours = model.model.vision_tower.feature_map(x)
+    assert ours.shape == (3, 112, 4, 4) == got["f"].shape
+    torch.testing.assert_close(ours, got["f"], atol=1e-5, rtol=1e-5)
+    # and it is not the same for a randomly initialised tower of the same shape
+    fresh = type(model.model.vision_tower)(model.model.vision_tower.config)
+    with torch.no_grad():
+        assert (fresh.feature_map(x) - got["f"]).abs().max() > 0.1
+
+
+def test_normalisation_is_the_weights_own():
+    """With (x - 127) / 128 the reference classifies matplotlib's Grace Hopper photo as ImageNet class
+    652 (military uniform): the normalisation the tower is fed matches the one the weights learned."""
+    import matplotlib.cbook as cbook
+    from PIL import Image
+    img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((224, 224))
+    x = torch.as_tensor(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
+    x = (x - torch.tensor(IMAGE_MEAN)[:, None, None]) / torch.tensor(IMAGE_STD)[:, None, None]
+    with torch.no_grad():
+        probs = reference_model()(x).softmax(-1)[0]
+    assert int(probs.argmax()) == 652 and float(probs[652]) > 0.3
+
+
+def test_tower_keeps_imagenet_batchnorm_statistics_in_train_mode(compact):
+    model, _ = compact
+    tower = model.model.vision_tower
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        before = tower.feature_map(x)
+        model.train()
+        during = tower.feature_map(x)
+        model.eval()
+    torch.testing.assert_close(before, during)
+
+
+def test_cached_features_give_the_same_logits_as_pixels(compact, episodes):
+    from qsft_robot.data.action_tokenizer import ActionTokenizer
+    from qsft_robot.models.families import freeze_vision_encoder
+    from qsft_robot.models.vlm_adapter import VLMAdapter
+    from transformers import AutoProcessor
+
+    model, path = compact
+    freeze_vision_encoder(model)
+    tok = ActionTokenizer.fit(np.concatenate([e.actions for e in episodes]), 16)
+    processor = AutoProcessor.from_pretrained(path)
+    VLMAdapter.add_action_vocab(model, processor, tok)
+    ad = VLMAdapter(model, processor, tok)
+    ep = episodes[0]
+    frames = ep.images[sorted(ep.images)[0]][:4][:, None]
+    instr, state, toks = [ep.instruction] * 4, ep.state[:4], tok.encode(ep.actions[:4])
+    assert ad.feature_cache_key() is not None
+    feats = ad.image_features(frames).astype(np.float16)
+    from_pixels = ad.teacher_forced_logits(model, frames, instr, state, toks, with_dummy=True)
+    from_feats = ad.teacher_forced_logits(model, feats, instr, state, toks, with_dummy=True)
+    torch.testing.assert_close(from_feats, from_pixels, atol=2e-3, rtol=1e-3)
+
+
+def test_feature_cache_is_reused_and_rebuilt_when_its_key_changes(tmp_path):
+    from qsft_robot.data.feature_cache import cached_features
+    from qsft_robot.data.image_store import ImageStore
+
+    rng = np.random.default_rng(0)
+    frames = ImageStore(rng.integers(0, 256, (10, 1, 8, 8, 3), dtype=np.uint8))
+    calls = []
+
+    def features(x):
+        return x.astype(np.float32).mean(-1, keepdims=True).transpose(0, 1, 4, 2, 3) / 255.0
+
+    def encode(x):
+        calls.append(len(x))
+        return features(x)
+
+    key = {"weights": "w1", "image_size": 8, "output_stride": 16}
+    a = cached_features(frames, encode, key, tmp_path, batch_size=4)
+    assert calls == [4, 4, 2] and a.shape == (10, 1, 1, 8, 8) and a[3].dtype == np.float16
+    np.testing.assert_allclose(a[3], features(frames[3:4])[0], atol=1e-3)
+    b = cached_features(frames, encode, key, tmp_path)                     # same key: reused
+    assert len(calls) == 3 and b.folder == a.folder
+    cached_features(frames, encode, {**key, "output_stride": 8}, tmp_path)  # another stage: rebuilt
+    changed = ImageStore(frames.array.copy())
+    changed.array[7, 0, 0, 0, 0] ^= 1                                       # one pixel of one frame
+    c = cached_features(changed, encode, key, tmp_path)
+    assert len(calls) == 5 and c.folder != a.folder
+    assert len({p.name for p in (tmp_path / "features").iterdir()}) == 3
+    assert not any(p.name.endswith(".tmp") or ".tmp" in p.name for p in (tmp_path / "features").iterdir())
+    assert json.loads((c.folder / "features.json").read_text())["shape"] == [10, 1, 1, 8, 8]
+
+
+def test_training_sim_eval_and_ros_normalise_a_frame_identically(tmp_path, episodes):
+    """The same camera frame reaches the tower identically from the training data (cached features),
+    from a sim observation (Policy.act, what `evaluate` calls) and from a ROS Image message (the node's
+    conversion, bgr8 on the wire, then Policy.act)."""
+    from qsft_robot.algo.policy import Policy
+    from qsft_robot.config import load_config
+    from qsft_robot.ros.image_conv import image_to_rgb, rgb_to_image_fields
+    from qsft_robot.train.trainer import Trainer
+
+    cfg = load_config(None, [f"train.out_dir={tmp_path / 'run'}", "algo.name=sft", "algo.num_bins=16",
+                             f"data.feature_cache={tmp_path / 'cache'}", "train.tensorboard=false"])
+    tr = Trainer(cfg, episodes)
+    assert tr.data.images.dtype == np.float16  # the trainer reads cached features, not pixels
+    i = 2
+    frame = tr.data.images.array[i]  # feature map of transition i, from the training path
+    raw = episodes[0].images[sorted(episodes[0].images)[0]][i]
+    assert len(episodes[0]) > i
+    seen = []
+    tower = tr.model.model.vision_tower
+    hook = tower.register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].clone()), with_kwargs=True)
+    policy = Policy(tr.adapter, mode="sft")
+    policy.act(raw[None, None], [episodes[0].instruction], episodes[0].state[i:i + 1])         # sim eval path
+    msg = rgb_to_image_fields(raw, "bgr8")
+    ros_frame = image_to_rgb(msg["encoding"], msg["height"], msg["width"], msg["step"], msg["data"])
+    policy.act(ros_frame[None, None], [episodes[0].instruction], episodes[0].state[i:i + 1])   # ROS node path
+    hook.remove()
+    assert len(seen) == 2 and seen[0].shape[1] == 3
+    torch.testing.assert_close(seen[0], seen[1], atol=0, rtol=0)
+    with torch.no_grad():
+        from_sim = tower.feature_map(seen[0])[0].numpy()
+    np.testing.assert_allclose(frame[0].astype(np.float32), from_sim, atol=2e-2, rtol=2e-3)
