@@ -29,7 +29,9 @@ def main():
     variants = {"sft, tiny_scratch (earlier default)": ["algo.name=sft", "model.preset=tiny_scratch",
                                                         "model.freeze_vision=false"],
                 "sft": ["algo.name=sft"], "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
-                "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"]}
+                "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"],
+                "qsft frozen+cached, return_to_go": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0",
+                                                     "algo.target=return_to_go"]}
     times = {}
     for name, sets in variants.items():
         run = OUT / f"train_step_{''.join(c if c.isalnum() else '_' for c in name)}"

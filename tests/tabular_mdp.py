@@ -89,7 +89,9 @@ def sample_dataset(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 20) -
     S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
     cont = mdp.continue_probs()
     rows = []
+    returns = []  # discounted return-to-go of each row's env step (both tokens of a step share it)
     for _ in range(episodes):
+        first = len(rows)
         s = rng.choice(S, p=mdp.start)
         for _t in range(horizon):
             b1 = rng.choice(B, p=mdp.pi1[s])
@@ -106,9 +108,16 @@ def sample_dataset(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 20) -
             s_next = o - 2
             rows.append((mdp.tok2(s, b1), b2, 0.0, g, s_next))
             s = s_next
+        rew = [r[2] for r in rows[first:]][1::2]  # env rewards sit on each step's second token
+        G, ret = 0.0, []
+        for r in reversed(rew):
+            G = r + g * G
+            ret.append(G)
+        returns += [x for x in reversed(ret) for _ in range(2)]
     arr = np.array(rows, dtype=np.float64)
     return {"state": arr[:, 0].astype(np.int64), "action": arr[:, 1].astype(np.int64),
-            "reward": arr[:, 2], "discount": arr[:, 3], "next_state": arr[:, 4].astype(np.int64)}
+            "reward": arr[:, 2], "discount": arr[:, 3], "next_state": arr[:, 4].astype(np.int64),
+            "return": np.array(returns)}
 
 
 def q_star(mdp: TokenMDP, iters: int = 2000) -> np.ndarray:
@@ -190,6 +199,32 @@ def q_behaviour(mdp: TokenMDP) -> np.ndarray:
     v1 = np.linalg.solve(np.eye(S) - g * np.einsum("sab,sabt->st", joint, cont), r)
     q2 = mdp.p_success + g * (cont @ v1)                    # (S, B, B)
     q1 = (pi[S:].reshape(S, B, B) * q2).sum(-1)             # (S, B)
+    out = np.zeros((mdp.num_token_states, B))
+    out[:S] = q1
+    out[S:] = q2.reshape(S * B, B)
+    return out
+
+
+def _expectile(values: np.ndarray, weights: np.ndarray, tau: float, iters: int = 60) -> np.ndarray:
+    """Row-wise tau-expectile by bisection (independent of algo/qsft.py's re-weighted-mean iteration)."""
+    lo, hi = values.min(-1), values.max(-1)
+    for _ in range(iters):
+        v = (lo + hi) / 2
+        d = values - v[..., None]
+        g = (weights * np.where(d > 0, tau, 1 - tau) * d).sum(-1)  # decreasing in v; zero at the expectile
+        lo, hi = np.where(g > 0, v, lo), np.where(g > 0, hi, v)
+    return (lo + hi) / 2
+
+
+def q_expectile(mdp: TokenMDP, tau: float, iters: int = 400) -> np.ndarray:
+    """Token-level Q of next_value="expectile": V(x) = the tau-expectile of Q(x, .) under pi_beta."""
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    pi = mdp.behaviour_table()
+    q1 = np.zeros((S, B))
+    for _ in range(iters):
+        q2 = np.clip(mdp.p_success + g * (cont @ _expectile(q1, pi[:S], tau)), 0, 1)   # (S, B, B)
+        q1 = np.clip(_expectile(q2, pi[S:].reshape(S, B, B), tau), 0, 1)
     out = np.zeros((mdp.num_token_states, B))
     out[:S] = q1
     out[S:] = q2.reshape(S * B, B)

@@ -9,19 +9,21 @@ import pytest
 import torch
 
 from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss
-from tabular_mdp import expected_return, greedy, q_behaviour, q_star, qsft_fixed_point, random_mdp, sample_dataset
+from tabular_mdp import (expected_return, greedy, q_behaviour, q_expectile, q_star, qsft_fixed_point, random_mdp,
+                         sample_dataset)
 
 EPISODES = 8000
 MDP_SEED = 3
 
 
 def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, lr=0.1, alpha=0.05,
-                 next_value="max"):
+                 next_value="max", target="bellman", tau=0.9):
     """Full-batch training of three logit tables (theta, theta_bar, phi) on the whole dataset.
 
     Full batch removes SGD noise, so what is left between the table and p* is the finite data.
     """
     torch.manual_seed(seed)
+    target_kind = target
     width = num_bins + 1 if leftover == "dummy" else num_bins
     theta = torch.nn.Embedding(num_token_states, width)
     phi = torch.nn.Embedding(num_token_states, num_bins)
@@ -32,8 +34,11 @@ def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, 
     opt = torch.optim.Adam(list(theta.parameters()) + list(phi.parameters()), lr=lr)
     t = {k: torch.as_tensor(v) for k, v in data.items()}
     for _ in range(steps):
-        w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"],
-                            next_value=next_value)
+        if target_kind == "return_to_go":  # the trainer's algo.target=return_to_go: w = G_t, no bootstrap
+            w = t["return"].float()
+        else:
+            w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"],
+                                next_value=next_value, tau=tau)
         loss = qsft_loss(theta(t["state"]), t["action"], w, leftover) + behavior_loss(phi(t["state"]), t["action"])
         opt.zero_grad()
         loss.backward()
@@ -141,3 +146,22 @@ def test_expectation_targets_reach_pi_beta_times_its_own_q():
     assert err <= 0.05, err
     assert np.abs(qsft_fixed_point(mdp, "dummy")[rows, :B] - want[rows]).max() > 0.05
     assert expected_return(mdp, greedy(p[:, :B])) > expected_return(mdp, mdp.behaviour_table()) + 0.01
+
+
+@pytest.mark.parametrize("variant", ["expectile", "return_to_go"])
+def test_in_sample_backups_reach_their_exact_fixed_points(variant):
+    """expectile (tau 0.8): p = pi_beta * Q_tau, Q_tau from exact expectile value iteration;
+    return_to_go: p = pi_beta * Q^{pi_beta} (the Monte-Carlo mean of G is Q of the logged policy).
+    The expectile's fixed point lies strictly between the logged policy's Q and the max backup's."""
+    mdp = random_mdp(seed=MDP_SEED, behaviour="random")
+    data = sample_dataset(mdp, EPISODES, seed=1)
+    kw = {"next_value": "expectile", "tau": 0.8} if variant == "expectile" else {"target": "return_to_go"}
+    p, _ = train_tables(data, mdp.num_token_states, mdp.num_bins, "dummy", **kw)
+    q = q_expectile(mdp, 0.8) if variant == "expectile" else q_behaviour(mdp)
+    want = mdp.behaviour_table() * q
+    rows = np.nonzero(np.bincount(data["state"], minlength=mdp.num_token_states) >= 300)[0]
+    B = mdp.num_bins
+    assert np.abs(p[rows, :B] - want[rows]).max() <= 0.05
+    if variant == "expectile":
+        qb, qe = q_behaviour(mdp)[rows], q[rows]
+        assert (qe >= qb - 1e-9).all() and (qe > qb + 0.02).any()

@@ -28,8 +28,13 @@ def expectile(values: Tensor, weights: Tensor, tau: float, iters: int = 30) -> T
     is the weighted mean, tau -> 1 the max over bins with weight: an in-distribution soft max.
     """
     v = (weights * values).sum(-1) / weights.sum(-1).clamp_min(1e-12)
+    above = None
     for _ in range(iters):
-        k = torch.where(values > v[:, None], tau, 1.0 - tau) * weights
+        now = values > v[:, None]
+        if above is not None and torch.equal(now, above):  # same split as last time: v is exact
+            break
+        above = now
+        k = torch.where(now, tau, 1.0 - tau) * weights
         v = (k * values).sum(-1) / k.sum(-1).clamp_min(1e-12)
     return v
 
