@@ -54,17 +54,12 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
     encode: (n, cams, H, W, 3) uint8 -> (n, cams, C, h, w) features (any float dtype).
     """
     root = Path(cache_root) if cache_root else default_cache_root()
-    full = {**key, "frames": frames_fingerprint(frames)}
-    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:20]
-    folder = root / "features" / digest
-    try:
-        store = FeatureStore(folder)
-        size_ok = (folder / FeatureStore.data_file).stat().st_size == int(np.prod(store.shape)) * 2
-        if size_ok and store.shape[0] == len(frames) and store.source == json.dumps(full, sort_keys=True):
-            logger.info("image features reused from %s", folder)
-            return store
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        pass
+    source = json.dumps({**key, "frames": frames_fingerprint(frames)}, sort_keys=True)
+    folder = root / "features" / hashlib.sha256(source.encode()).hexdigest()[:20]
+    store = FeatureStore.open_if_valid(folder, len(frames), source)
+    if store is not None:
+        logger.info("image features reused from %s", folder)
+        return store
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     shape = None
@@ -76,8 +71,7 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
                                  f"(float16 overflow?)")
             shape = shape or feats.shape[1:]
             fh.write(np.ascontiguousarray(feats).tobytes())
-    (tmp / FeatureStore.meta_file).write_text(json.dumps({"shape": [len(frames), *shape],
-                                                          "source": json.dumps(full, sort_keys=True)}))
+    (tmp / FeatureStore.meta_file).write_text(json.dumps({"shape": [len(frames), *shape], "source": source}))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

@@ -95,7 +95,8 @@ class MemmapImageStore(ImageStore):
         folder = Path(folder)
         try:
             store = cls(folder)
+            size = (folder / cls.data_file).stat().st_size
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return None
-        size_ok = (folder / cls.data_file).stat().st_size == int(np.prod(store.shape)) * np.dtype(cls.dtype).itemsize
+        size_ok = size == int(np.prod(store.shape)) * np.dtype(cls.dtype).itemsize
         return store if size_ok and store.shape[0] == total_frames and store.source == source else None
