@@ -96,9 +96,8 @@ def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, pa
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         do_center_crop=True, do_resize=True, **norm)
     if vision == "efficientnet":
-        vcfg = EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride, token_norm=True)
-        num_patches, strategy, patch_size, extra_tokens = vcfg.num_image_tokens, "full", output_stride, 0
-        vision_cfg = vcfg
+        vision_cfg = EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride, token_norm=True)
+        num_patches, strategy, patch_size, extra_tokens = vision_cfg.num_image_tokens, "full", output_stride, 0
     else:
         num_patches, strategy, extra_tokens = (image_size // patch_size) ** 2, "default", 1
         vision_cfg = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
