@@ -33,20 +33,30 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from qsft_robot.ros.image_conv import rgb_to_image_fields  # noqa: E402
 
 
-def node_env():
+_DOMAINS = iter(range(1, 10_000))
+
+
+def next_domain() -> int:
+    """A fresh ROS_DOMAIN_ID per test, so a node still shutting down never talks to the next test."""
+    return 100 + (os.getpid() * 7 + next(_DOMAINS)) % 120
+
+
+def node_env(domain: int | None = None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PKG), str(ROOT), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
+    if domain is not None:
+        env["ROS_DOMAIN_ID"] = str(domain)
     return env
 
 
-def start(module, params_file=None, **params):
+def start(module, params_file=None, domain=None, **params):
     cmd = [sys.executable, "-m", f"qsft_robot_ros.{module}", "--ros-args"]
     if params_file:
         cmd += ["--params-file", str(params_file)]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"]
-    return subprocess.Popen(cmd, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=node_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def stop(proc):
@@ -60,38 +70,55 @@ def stop(proc):
 
 
 class Probe:
-    """Test-side node: publishes images/e-stop/instructions, records what comes back with times."""
+    """Test-side node: publishes images/e-stop/instructions, records what comes back with times.
 
-    def __init__(self):
-        if not rclpy.ok():
+    With `domain` it gets its own rclpy context on that ROS_DOMAIN_ID; `preview_type` is the command
+    message of the profile under test (Twist for a base, Float64MultiArray for an arm)."""
+
+    def __init__(self, domain: int | None = None, preview_type=Twist):
+        self.context = None
+        if domain is not None:
+            self.context = rclpy.Context()
+            rclpy.init(context=self.context, domain_id=domain)
+        elif not rclpy.ok():
             rclpy.init()
-        self.node = rclpy.create_node(f"probe_{os.getpid()}_{time.monotonic_ns()}")
+        self.node = rclpy.create_node(f"probe_{os.getpid()}_{time.monotonic_ns()}", context=self.context)
         self.msgs: dict[str, list] = {"/qsft/preview": [], "/cmd_vel": [], "/qsft/status": [], "/sim/status": []}
         for topic in ("/qsft/preview", "/cmd_vel"):
             self.node.create_subscription(
-                Twist, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
+                preview_type, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
         for topic in ("/qsft/status", "/sim/status"):
             self.node.create_subscription(
                 String, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), json.loads(m.data))), 50)
-        self.img_pub = self.node.create_publisher(Image, "/camera/image_raw", 10)
+        self.img_pub = self.node.create_publisher(Image, "/camera/image_raw", 10)  # reliable, depth 10
         self.estop_pub = self.node.create_publisher(Bool, "/qsft/estop", 10)
         self.instr_pub = self.node.create_publisher(String, "/qsft/instruction", 10)
-        self.executor = rclpy.executors.SingleThreadedExecutor()
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
-    def publish_image(self, rgb=None, **override):
+    def status(self) -> dict:
+        return self.msgs["/qsft/status"][-1][1] if self.msgs["/qsft/status"] else {}
+
+    def publish_image(self, rgb=None, stamp_offset: float | None = None, **override):
+        """stamp_offset: header.stamp = now + offset seconds (None: stamp left unset)."""
         img = np.zeros((64, 64, 3), np.uint8) if rgb is None else rgb
         f = {**rgb_to_image_fields(img), **override}
-        self.img_pub.publish(Image(encoding=f["encoding"], height=f["height"], width=f["width"], step=f["step"],
-                                   data=f["data"]))
+        msg = Image(encoding=f["encoding"], height=f["height"], width=f["width"], step=f["step"], data=f["data"])
+        if stamp_offset is not None:
+            ns = self.node.get_clock().now().nanoseconds + int(stamp_offset * 1e9)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+        self.img_pub.publish(msg)
 
-    def stream(self, seconds, hz=20, rgb=None):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.publish_image(rgb)
+    def stream(self, seconds, hz=20, rgb=None, until=None, **kw):
+        """Publish frames at hz for `seconds` (or until `until()` is true); returns the last publish time."""
+        end, last = time.monotonic() + seconds, None
+        while time.monotonic() < end and not (until is not None and until()):
+            self.publish_image(rgb, **kw)
+            last = time.monotonic()
             time.sleep(1.0 / hz)
+        return last
 
     def wait_for(self, topic, pred=lambda m: True, timeout=20.0):
         end = time.monotonic() + timeout
@@ -103,7 +130,10 @@ class Probe:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(timeout=5)  # destroying the node under a spinning thread can abort the process
         self.node.destroy_node()
+        if self.context is not None:
+            rclpy.try_shutdown(context=self.context)
 
 
 RED = np.zeros((64, 64, 3), np.uint8)
@@ -194,7 +224,8 @@ def test_clean_shutdown_publishes_a_stop(probe):
 
 
 def test_sim_bridge_and_node_reach_the_goal(probe, report):
-    bridge = start("sim_bridge", task="base_goto", seed=3, rate_hz=10.0, max_steps=400)
+    # free-running: the bridge steps on its own 10 Hz clock, as a real robot would (lockstep: test_ros_sim_lockstep)
+    bridge = start("sim_bridge", task="base_goto", seed=3, rate_hz=10.0, max_steps=400, lockstep=False)
     node = None
     try:
         assert probe.wait_for("/sim/status", timeout=30), "sim bridge did not come up"
@@ -212,7 +243,7 @@ def test_sim_bridge_and_node_reach_the_goal(probe, report):
         stop(bridge)
 
 
-def test_node_runs_a_trained_checkpoint(tmp_path, probe):
+def test_node_runs_a_trained_checkpoint(tmp_path, probe, report):
     from qsft_robot.config import load_config
     from qsft_robot.sim.collect import collect_episodes
     from qsft_robot.train.trainer import train
@@ -232,8 +263,21 @@ def test_node_runs_a_trained_checkpoint(tmp_path, probe):
         assert status["frame_to_command_ms"] < 1000 / 5.0 + status["latency_ms"] + 50
         cmds = [m for _, m in probe.msgs["/qsft/preview"]]
         assert all(abs(m.linear.x) <= 0.5 + 1e-9 and abs(m.angular.z) <= 1.5 + 1e-9 for m in cmds)
+        # a 100 kB instruction is cut to max_instruction_chars: inference stays as fast as before
+        baseline = max(s["latency_ms"] for _, s in probe.msgs["/qsft/status"] if s["actions"] > 0)
+        probe.instr_pub.publish(String(data="drive to the red cone " + "x" * 100_000))
+        assert probe.wait_for("/qsft/status", lambda s: s["truncated_instructions"] == 1, timeout=10)
+        n = len(probe.msgs["/qsft/status"])
+        probe.stream(2.0, hz=10, rgb=RED)
+        after = [s for _, s in probe.msgs["/qsft/status"][n:] if s["actions"] > status["actions"]]
+        assert after and len(after[-1]["instruction"]) == 256
+        long_latency = max(s["latency_ms"] for s in after)
+        report(f"checkpoint on CPU: inference {baseline:.0f} ms; with a 100 kB instruction (cut to 256 chars) "
+               f"{long_latency:.0f} ms")
+        assert long_latency < 3 * baseline + 200
     finally:
-        stop(node)
+        out = stop(node)
+    assert out.count("truncated to max_instruction_chars") == 1 and "x" * 1000 not in out
 
 
 def test_package_metadata_and_launch_file():
@@ -278,10 +322,19 @@ def test_colcon_builds_the_workspace(tmp_path):
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     share = ws / "install" / "qsft_robot" / "share" / "qsft_robot"
-    for rel in ("package.xml", "launch/policy.launch.py", "config/base.yaml", "config/arm.yaml",
-                "config/robots/base.yaml", "config/robots/arm.yaml"):
+    for rel in ("package.xml", "launch/policy.launch.py", "launch/sim.launch.py", "config/base.yaml",
+                "config/arm.yaml", "config/robots/base.yaml", "config/robots/arm.yaml", "config/sim/base.yaml",
+                "config/sim/arm.yaml"):
         assert (share / rel).is_file(), rel
     for exe in ("policy_node", "sim_bridge"):
         assert os.access(ws / "install" / "qsft_robot" / "lib" / "qsft_robot" / exe, os.X_OK), exe
     index = ws / "install" / "qsft_robot" / "share" / "ament_index" / "resource_index" / "packages" / "qsft_robot"
     assert index.is_file()
+    # the package's own tests (ament_flake8, ament_pep257, package.xml dependencies) pass under colcon test
+    args = ["--packages-select", "qsft_robot", "--build-base", str(ws / "build"), "--install-base",
+            str(ws / "install"), "--test-result-base", str(ws / "test_results")]
+    p = subprocess.run([colcon, "test", *args], cwd=ws / "ros2_ws", capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    p = subprocess.run([colcon, "test-result", "--verbose", "--test-result-base", str(ws / "test_results")],
+                       cwd=ws / "ros2_ws", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "3 tests, 0 errors, 0 failures, 0 skipped" in p.stdout, p.stdout[-3000:]

@@ -48,10 +48,22 @@ def test_compressed_jpeg_decodes_and_garbage_is_rejected():
 
 
 def test_safety_filter_clips_and_rate_limits():
-    f = SafetyFilter([-1, -1], [1, 1], max_rate=[2, 2])
-    assert f([5, -5], now=0.0).tolist() == [1, -1]
-    assert f([-1, 1], now=0.1).tolist() == pytest.approx([0.8, -0.8])
-    assert f([np.nan, 0], now=0.2).tolist() == pytest.approx([0.6, -0.6])  # NaN -> 0, then slew-limited
+    f = SafetyFilter([-1, -1], [1, 1], max_rate=[2, 2], max_dt=0.1)
+    assert f([5, -5], now=0.0).tolist() == pytest.approx([0.2, -0.2])  # from rest: one tick's worth, clipped
+    assert f([5, -5], now=0.1).tolist() == pytest.approx([0.4, -0.4])
+    assert f([-1, 1], now=0.2).tolist() == pytest.approx([0.2, -0.2])
+    assert f([np.nan, 0], now=0.3).tolist() == pytest.approx([0.0, 0.0])  # NaN -> 0, then slew-limited
+
+
+def test_slew_limit_after_a_stop_and_after_a_long_gap():
+    f = SafetyFilter([-0.5, -1.5], [0.5, 1.5], max_rate=[2.0, 6.0], max_dt=0.2)  # the base profile at 5 Hz
+    for t in np.arange(0.0, 2.0, 0.2):
+        out = f([1.0, 0.0], now=float(t))
+    assert out.tolist() == pytest.approx([0.5, 0.0])
+    f.reset(now=2.0)  # a stop: immediate, and the filter is at rest again
+    assert f([1.0, 0.0], now=2.01).tolist() == pytest.approx([0.02, 0.0])
+    f.reset(now=3.0)
+    assert f([1.0, 0.0], now=60.0).tolist() == pytest.approx([0.4, 0.0])  # a long gap counts as one tick
 
 
 def test_watchdog_states():
@@ -60,10 +72,69 @@ def test_watchdog_states():
     assert w.tick(1.0, 0.9, False) == State.RUNNING
     assert w.tick(2.0, 0.9, False) == State.STALE
     assert w.tick(2.1, 2.05, False) == State.RUNNING
-    assert w.tick(2.2, 2.15, True) == State.ESTOP
-    assert w.tick(2.3, 2.25, False) == State.ESTOP  # latched
+    assert w.tick(2.2, 2.15, False, command_frame_time=1.6) == State.LATE  # camera fine, inference too slow
+    assert w.tick(2.3, 2.25, False, command_frame_time=2.2) == State.RUNNING
+    assert w.tick(2.4, 2.35, True) == State.ESTOP
+    assert w.tick(2.5, 2.45, False) == State.ESTOP  # latched
     w.reset_estop()
-    assert w.tick(2.4, 2.35, False) == State.RUNNING
+    assert w.tick(2.6, 2.55, False) == State.RUNNING
+    assert w.tick(2.7, 2.65, False, fault=True) == State.FAULT
+    assert w.tick(2.8, 2.75, False) == State.FAULT  # latched
+
+
+def test_instruction_cap_truncates_with_one_short_warning():
+    from qsft_robot.ros.inputs import bound_instruction
+
+    assert bound_instruction("drive to the red cone", 256) == ("drive to the red cone", None)
+    text = "go " * 40_000
+    out, warning = bound_instruction(text, 256)
+    assert out == text[:256] and "120000 characters" in warning and len(warning) < 200
+
+
+def test_frame_age_from_stamp_with_skew_tolerance():
+    from qsft_robot.ros.inputs import frame_origin, stamp_age
+
+    assert stamp_age(10_000_000_000, 0) is None  # unset stamp: arrival time counts
+    assert stamp_age(10_000_000_000, 5_000_000_000) == pytest.approx(5.0)
+    assert frame_origin(100.0, None, 0.1) == (100.0, None)
+    assert frame_origin(100.0, 5.0, 0.1)[0] == pytest.approx(95.1)  # stamped 5 s ago: that old, less skew
+    assert frame_origin(100.0, 0.05, 0.1) == (100.0, None)  # within the skew: never younger than arrival
+    origin, warning = frame_origin(100.0, -2.0, 0.1)  # 2 s in the future: clocks disagree
+    assert origin == 100.0 and "future" in warning
+
+
+def test_image_size_cap_rejects_before_copying():
+    f = rgb_to_image_fields(np.zeros((480, 640, 3), np.uint8))
+    assert image_to_rgb(f["encoding"], f["height"], f["width"], f["step"], f["data"], max_pixels=640 * 480).shape \
+        == (480, 640, 3)
+    with pytest.raises(ImageFormatError, match="exceeds max_image_pixels=1000"):
+        image_to_rgb(f["encoding"], f["height"], f["width"], f["step"], f["data"], max_pixels=1000)
+
+
+@pytest.mark.parametrize("dim", [2, 4])
+def test_color_seek_emits_the_profile_action_size(dim):
+    from qsft_robot.ros.policy_loader import load_policy, policy_action_dim
+
+    pol = load_policy("color_seek", "", "argmax_q", "cpu", action_dim=dim)
+    img = np.zeros((1, 1, 64, 64, 3), np.uint8)
+    img[0, 0, 20:44, 24:40] = (230, 25, 25)
+    out = pol.act(img, ["drive to the red cone"])
+    assert out.shape == (1, dim) and policy_action_dim(pol) == dim and out[0, 0] > 0.1
+
+
+def test_policy_loader_errors_and_plugins():
+    from qsft_robot.ros.policy_loader import load_policy
+
+    with pytest.raises(ValueError, match="unknown policy kind"):
+        load_policy("nope", "", "argmax_q", "cpu", action_dim=2)
+    with pytest.raises(ValueError, match="needs checkpoint"):
+        load_policy("checkpoint", "", "argmax_q", "cpu", action_dim=2)
+    pol = load_policy("qsft_robot.ros.fault_policies:FailingPolicy", "", "", "cpu", action_dim=2,
+                      policy_args='{"fail_at": 2}')
+    img = np.zeros((1, 1, 8, 8, 3), np.uint8)
+    pol.act(img, ["drive to the red cone"])
+    with pytest.raises(RuntimeError, match="injected"):
+        pol.act(img, ["drive to the red cone"])
 
 
 @pytest.mark.parametrize("name", ["arm", "base"])

@@ -14,11 +14,21 @@ class ImageFormatError(ValueError):
     pass
 
 
-def image_to_rgb(encoding: str, height: int, width: int, step: int, data: bytes | np.ndarray) -> np.ndarray:
+def check_size(height: int, width: int, max_pixels: int | None) -> None:
+    """Refuse frames larger than the node is configured for, before any copy: a 40 MP frame would
+    otherwise cost a full copy and then the processor's resize on every tick."""
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageFormatError(f"image {width}x{height} ({height * width} px) exceeds max_image_pixels={max_pixels}"
+                               " (raise the parameter or downscale in the camera driver)")
+
+
+def image_to_rgb(encoding: str, height: int, width: int, step: int, data: bytes | np.ndarray,
+                 max_pixels: int | None = None) -> np.ndarray:
     if encoding not in CHANNELS:
         raise ImageFormatError(f"unsupported encoding {encoding!r} (supported: {', '.join(CHANNELS)})")
     if height <= 0 or width <= 0:
         raise ImageFormatError(f"empty image {width}x{height}")
+    check_size(height, width, max_pixels)
     ch = CHANNELS[encoding]
     if step < width * ch:
         raise ImageFormatError(f"step {step} < width*channels {width * ch} for {encoding}")
@@ -33,7 +43,7 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data: bytes 
     return np.ascontiguousarray(img[..., :3])
 
 
-def compressed_to_rgb(fmt: str, data: bytes | np.ndarray) -> np.ndarray:
+def compressed_to_rgb(fmt: str, data: bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarray:
     import cv2
 
     raw = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data.tobytes(), dtype=np.uint8)
@@ -42,6 +52,7 @@ def compressed_to_rgb(fmt: str, data: bytes | np.ndarray) -> np.ndarray:
     img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
     if img is None:
         raise ImageFormatError(f"undecodable compressed image (format {fmt!r})")
+    check_size(img.shape[0], img.shape[1], max_pixels)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

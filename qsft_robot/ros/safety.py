@@ -8,15 +8,24 @@ import numpy as np
 
 
 class SafetyFilter:
-    """Clip to the profile's limits, then limit the change per second (slew rate)."""
+    """Clip to the profile's limits, then limit the change per second (slew rate).
 
-    def __init__(self, lower, upper, max_rate=None):
+    The filter starts at rest (zero) and returns there on every `reset` (a stop), so the first command
+    after start-up or after a stop is slew-limited like any other. `max_dt` caps the time step the rate
+    limit may use: after a long gap (slow inference, a stop long ago) the next command may still only
+    move one control tick's worth, never a jump justified by the gap.
+    """
+
+    def __init__(self, lower, upper, max_rate=None, max_dt: float = 0.2):
         self.lower = np.asarray(lower, dtype=np.float64)
         self.upper = np.asarray(upper, dtype=np.float64)
         if np.any(self.lower > self.upper):
             raise ValueError("safety limits: lower > upper")
+        if max_dt <= 0:
+            raise ValueError("safety filter: max_dt must be > 0")
         self.max_rate = None if max_rate is None else np.asarray(max_rate, dtype=np.float64)
-        self.last: np.ndarray | None = None
+        self.max_dt = float(max_dt)
+        self.last: np.ndarray = np.zeros_like(self.lower)  # at rest
         self.last_t: float | None = None
 
     def __call__(self, action, now: float) -> np.ndarray:
@@ -26,38 +35,51 @@ class SafetyFilter:
         if not np.all(np.isfinite(a)):
             a = np.zeros_like(a)  # never forward NaN to hardware
         a = np.clip(a, self.lower, self.upper)
-        if self.max_rate is not None and self.last is not None and self.last_t is not None:
-            dt = max(now - self.last_t, 1e-3)
+        if self.max_rate is not None:
+            dt = self.max_dt if self.last_t is None else min(max(now - self.last_t, 1e-3), self.max_dt)
             step = self.max_rate * dt
             a = np.clip(a, self.last - step, self.last + step)
         self.last, self.last_t = a, now
         return a
 
-    def reset(self) -> None:
-        self.last = self.last_t = None
+    def reset(self, now: float | None = None) -> None:
+        """The robot was stopped (a stop is immediate, never slew-limited): ramp up from zero again."""
+        self.last = np.zeros_like(self.lower)
+        self.last_t = now
 
 
 class State(str, Enum):
     WAITING = "waiting"      # no frame yet
     RUNNING = "running"
-    STALE = "stale"          # newest frame older than max_image_age
+    STALE = "stale"          # newest frame older than max_image_age (camera silent)
+    LATE = "late"            # the last command came from a frame older than max_image_age (slow inference)
     ESTOP = "estop"          # latched until reset
+    FAULT = "fault"          # the policy failed: latched, the node exits
 
 
 @dataclass
 class Watchdog:
-    """Decides, every control tick, whether the policy may act or the robot must stop."""
+    """Decides, every watchdog tick, whether the robot may keep moving or must stop.
+
+    It needs no inference result to decide: it looks only at when the newest frame and the frame behind
+    the last command were taken, so a policy that hangs cannot keep the robot moving on old information.
+    """
     max_image_age: float
     state: State = State.WAITING
     transitions: list = field(default_factory=list)
 
-    def tick(self, now: float, newest_frame_time: float | None, estop: bool) -> State:
-        if estop or self.state == State.ESTOP:
+    def tick(self, now: float, newest_frame_time: float | None, estop: bool,
+             command_frame_time: float | None = None, fault: bool = False) -> State:
+        if fault or self.state == State.FAULT:
+            new = State.FAULT
+        elif estop or self.state == State.ESTOP:
             new = State.ESTOP
         elif newest_frame_time is None:
             new = State.WAITING
         elif now - newest_frame_time > self.max_image_age:
             new = State.STALE
+        elif command_frame_time is not None and now - command_frame_time > self.max_image_age:
+            new = State.LATE
         else:
             new = State.RUNNING
         if new != self.state:

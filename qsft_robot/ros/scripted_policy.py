@@ -2,6 +2,8 @@
 
 It lets the robot loop (camera -> node -> command -> robot) be brought up and tested before a model
 is trusted: for 'drive to the <colour> cone' it steers toward the colour's blob in the image.
+For an arm profile (4 dims: end-effector delta xyz + gripper) the same steering becomes a forward and
+sideways end-effector move with the gripper open, so the arm's command path can be brought up too.
 """
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ RGB = {"red": (230, 25, 25), "green": (25, 205, 25), "blue": (25, 50, 240), "yel
 
 
 class ColorSeekPolicy:
-    action_dim = 2
+    def __init__(self, action_dim: int = 2):
+        if action_dim not in (2, 4):
+            raise ValueError(f"color_seek drives a base (2 dims) or an arm (4 dims), not {action_dim} dims")
+        self.action_dim = action_dim
 
     def act(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:
         out = []
@@ -31,4 +36,8 @@ class ColorSeekPolicy:
             cols = np.nonzero(mask)[1]
             offset = (cols.mean() / (img.shape[1] - 1)) * 2 - 1  # -1 left .. 1 right
             out.append([float(np.clip(1.0 - 1.5 * abs(offset), 0, 1)), float(np.clip(-1.5 * offset, -1, 1))])
-        return np.asarray(out)
+        base = np.asarray(out, dtype=np.float64).reshape(-1, 2)
+        if self.action_dim == 2:
+            return base
+        # arm: forward = x, turn = sideways y, no height change, gripper open (-1)
+        return np.stack([base[:, 0], base[:, 1], np.zeros(len(base)), -np.ones(len(base))], axis=1)

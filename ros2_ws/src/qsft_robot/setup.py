@@ -1,5 +1,9 @@
-"""ament_python package `qsft_robot`; its Python module is `qsft_robot_ros` so that it never shadows
-the core `qsft_robot` library (pip-installed) that the node imports."""
+"""
+The ament_python package `qsft_robot`.
+
+Its Python module is `qsft_robot_ros` so that it never shadows the core `qsft_robot` library
+(pip-installed) that the node imports.
+"""
 from glob import glob
 
 from setuptools import setup
@@ -15,10 +19,12 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config/sim", glob("config/sim/*.yaml")),
         # robot profiles live once, in the repository's configs/robots; installed beside the params
         ("share/" + package_name + "/config/robots", glob("../../../configs/robots/*.yaml")),
     ],
     install_requires=["setuptools"],
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="qsft_robot maintainers",
     maintainer_email="maintainers@qsft-robot.invalid",

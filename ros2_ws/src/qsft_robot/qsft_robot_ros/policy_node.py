@@ -1,12 +1,24 @@
-"""The Q-SFT policy node: latest camera frame in, safe action commands out, at control_hz.
+"""
+The Q-SFT policy node: latest camera frame in, safe action commands out, at most control_hz.
 
-Inference runs on its own thread so image callbacks are never blocked; every tick the watchdog
-decides between acting and stopping (stale camera, e-stop), and everything published passes the
-profile's safety filter. With enable_actuation false (the default) commands go to a preview topic.
+Three callback groups on a MultiThreadedExecutor keep safety independent of inference:
+
+* safety (watchdog timer, e-stop, status): never waits for the policy. Every 1/watchdog_hz it stops the
+  robot when the newest frame, or the frame behind the last command, is older than max_image_age.
+* inputs (image, instruction, joint state): store the newest values and wake inference.
+* inference (a guard condition): runs the policy on the newest frame; a result whose frame has gone
+  stale meanwhile is discarded, never published.
+
+A policy exception is fatal by design: stop commands and a `fault` status (with the reason) go out for
+fault_linger_s, then the node exits with status 3 (2 when the policy cannot even be loaded), so a
+supervisor (launch) sees it. With enable_actuation false (the default) commands go to a preview topic.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,15 +26,25 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from geometry_msgs.msg import Twist
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qsft_robot.ros.image_conv import ImageFormatError, compressed_to_rgb, image_to_rgb
+from qsft_robot.ros.inputs import bound_instruction, frame_origin, stamp_age
+from qsft_robot.ros.policy_loader import KINDS, load_policy, policy_action_dim
 from qsft_robot.ros.profiles import RobotProfile
 from qsft_robot.ros.safety import SafetyFilter, State, Watchdog
+
+EXIT_LOAD_FAILED = 2
+EXIT_POLICY_FAULT = 3
+
 
 def profiles_dir() -> Path:
     """Installed: <share>/qsft_robot/config/robots (colcon); from source: the repository's configs."""
@@ -35,13 +57,40 @@ def profiles_dir() -> Path:
         pass
     return Path(__file__).resolve().parents[4] / "configs" / "robots"
 
-PARAMS = {
-    "checkpoint": "", "policy": "checkpoint", "mode": "argmax_q", "device": "auto", "robot_profile": "base",
-    "instruction": "", "image_topic": "/camera/image_raw", "compressed": False, "control_hz": 5.0,
-    "max_image_age": 0.5, "enable_actuation": False, "command_topic": "/cmd_vel", "preview_topic": "/qsft/preview",
-    "status_topic": "/qsft/status", "estop_topic": "/qsft/estop", "instruction_topic": "/qsft/instruction",
-    "joint_state_topic": "",
+
+# name: (default, description). Only `instruction` may change at run time (see on_set_parameters).
+PARAM_SPECS: dict[str, tuple[object, str]] = {
+    "checkpoint": ("", "run or checkpoint folder from `qsft-robot train` (policy:=checkpoint)"),
+    "policy": ("checkpoint", f"which policy acts: {KINDS}"),
+    "policy_args": ("", "JSON object of keyword arguments for a scripted or plug-in policy"),
+    "mode": ("argmax_q", "acting mode of a checkpoint: argmax_q | paper | sft (sft for SFT/filtered-BC runs)"),
+    "device": ("auto", "auto (cuda when available) | cpu | cuda[:N]"),
+    "robot_profile": ("base", "configs/robots/<name>.yaml (arm | base) or a path to a profile"),
+    "instruction": ("", "language instruction; may be changed at run time"),
+    "max_instruction_chars": (256, "longer instructions are cut to this (one warning each)"),
+    "image_topic": ("/camera/image_raw", "sensor_msgs/Image (or CompressedImage) topic"),
+    "compressed": (False, "subscribe to sensor_msgs/CompressedImage"),
+    "image_reliability": ("reliable", "camera QoS: reliable (image_transport, most drivers) | best_effort"),
+    "image_depth": (5, "camera QoS history depth"),
+    "max_image_pixels": (3840 * 2160, "frames with more pixels are rejected with an error"),
+    "control_hz": (5.0, "at most this many policy actions per second; also the slew-limit tick"),
+    "watchdog_hz": (50.0, "how often the watchdog checks frame age (stop latency <= max_image_age + 1/this)"),
+    "max_image_age": (0.5, "stop when the newest frame, or the frame behind the last command, is older (s)"),
+    "stamp_skew_tolerance": (0.1, "allowed camera/node clock offset when judging age from header.stamp (s)"),
+    "fault_linger_s": (1.0, "after a policy fault, publish stop + fault status this long before exiting"),
+    "enable_actuation": (False, "false: dry run, commands go to preview_topic"),
+    "command_topic": ("/cmd_vel", "where commands go when enable_actuation is true"),
+    "preview_topic": ("/qsft/preview", "where commands go in a dry run"),
+    "status_topic": ("/qsft/status", "std_msgs/String JSON status at <= 5 Hz"),
+    "estop_topic": ("/qsft/estop", "std_msgs/Bool; true stops and latches until restart"),
+    "instruction_topic": ("/qsft/instruction", "std_msgs/String; replaces the instruction"),
+    "joint_state_topic": ("", "sensor_msgs/JointState for policies that use proprioception ('' = none)"),
+    "command_source_topic": ("/qsft/command_source", (
+        "std_msgs/String JSON after each command: the header stamp of the frame and the instruction it came "
+        "from, and its values (the sim bridge's lockstep; '' = off)")),
 }
+PARAMS = {k: v for k, (v, _) in PARAM_SPECS.items()}
+RUNTIME_PARAMS = {"instruction"}
 
 
 def resolve_profile(name: str) -> Path:
@@ -49,101 +98,195 @@ def resolve_profile(name: str) -> Path:
     return p if p.suffix in (".yaml", ".yml") else profiles_dir() / f"{name}.yaml"
 
 
-def load_policy(kind: str, checkpoint: str, mode: str, device: str):
-    if kind == "color_seek":
-        from qsft_robot.ros.scripted_policy import ColorSeekPolicy
-        return ColorSeekPolicy()
-    if kind != "checkpoint":
-        raise ValueError(f"unknown policy kind {kind!r} (checkpoint | color_seek)")
-    import torch
+def image_qos(reliability: str, depth: int) -> QoSProfile:
+    """
+    Build the camera subscription's QoS; reliable by default.
 
-    from qsft_robot.algo.policy import load_policy as load_ckpt
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_ckpt(checkpoint, mode=mode, device=device)
+    A best-effort subscriber loses most fragments of 640x480 frames over UDP, and a reliable one also
+    matches reliable publishers (image_transport's default).
+    """
+    if reliability not in ("reliable", "best_effort"):
+        raise ValueError(f"image_reliability must be reliable | best_effort, not {reliability!r}")
+    rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(reliability=rel, history=HistoryPolicy.KEEP_LAST, depth=max(1, int(depth)))
 
 
 class PolicyNode(Node):
     def __init__(self):
         super().__init__("qsft_policy")
-        for k, v in PARAMS.items():
-            self.declare_parameter(k, v)
+        for k, (v, desc) in PARAM_SPECS.items():
+            self.declare_parameter(k, v, ParameterDescriptor(description=desc))
         p = {k: self.get_parameter(k).value for k in PARAMS}
         self.p = p
         self.profile = RobotProfile.load(resolve_profile(p["robot_profile"]))
-        self.safety = SafetyFilter(self.profile.lower, self.profile.upper, self.profile.max_rate)
-        self.watchdog = Watchdog(max_image_age=float(p["max_image_age"]))
-        self.policy = load_policy(p["policy"], p["checkpoint"], p["mode"], p["device"])
-        self.instruction = p["instruction"]
+        self.period = 1.0 / float(p["control_hz"])
+        self.max_age = float(p["max_image_age"])
+        self.safety = SafetyFilter(self.profile.lower, self.profile.upper, self.profile.max_rate, max_dt=self.period)
+        self.watchdog = Watchdog(max_image_age=self.max_age)
+
+        # shared state, guarded by `lock` (taken for short, never during inference)
         self.lock = threading.Lock()
         self.frame: np.ndarray | None = None
-        self.frame_time: float | None = None
-        self.frame_used = True
-        self.new_frame = threading.Event()
-        self.state: np.ndarray | None = None
+        self.frame_origin: float | None = None  # monotonic time the newest frame counts as taken
+        self.frame_stamp_ns = 0                 # its header.stamp (0: unset)
+        self.frame_seq = 0
+        self.acted_seq = 0
+        self.command_origin: float | None = None  # origin of the frame behind the last published command
+        self.joints: np.ndarray | None = None
+        self.joints_stamp_ns = 0
         self.estop = False
-        self.counts = {"frames": 0, "dropped_frames": 0, "malformed": 0, "actions": 0, "stops": 0}
-        self.latency_ms = 0.0         # the policy's inference for the last action
-        self.wait_ms = 0.0            # frame received -> inference started (queueing, rate limit)
+        self.fault: str | None = None
+        self.exit_code: int | None = None
+        self.closing = False
+        self.inference_busy = False
+        self.last_act = -1e9
+        self.last_stop = -1e9
+        self.last_status = -1e9
+        self.watchdog_stop: dict | None = None  # why and how late the last watchdog stop went out
+        self.counts = {"frames": 0, "dropped_frames": 0, "malformed": 0, "actions": 0, "stops": 0,
+                       "discarded_stale": 0, "truncated_instructions": 0}
+        self.latency_ms = 0.0           # the policy's inference for the last action
+        self.wait_ms = 0.0              # frame received -> inference started
         self.frame_to_command_ms = 0.0  # frame received -> command published: what the robot feels
         self.tick_times: list[float] = []
+        self.instruction = self._bounded(p["instruction"])
 
-        if p["compressed"]:
-            self.create_subscription(CompressedImage, p["image_topic"], self.on_compressed, qos_profile_sensor_data)
-        else:
-            self.create_subscription(Image, p["image_topic"], self.on_image, qos_profile_sensor_data)
-        self.create_subscription(Bool, p["estop_topic"], self.on_estop, 10)
-        self.create_subscription(String, p["instruction_topic"], self.on_instruction, 10)
-        if p["joint_state_topic"]:
-            self.create_subscription(JointState, p["joint_state_topic"], self.on_joints, 10)
+        self.safety_group = MutuallyExclusiveCallbackGroup()
+        self.input_group = MutuallyExclusiveCallbackGroup()
+        self.inference_group = MutuallyExclusiveCallbackGroup()
+
         msg_type = Twist if self.profile.kind == "base" else (
             JointTrajectory if self.profile.arm_message == "joint_trajectory" else Float64MultiArray)
         topic = p["command_topic"] if p["enable_actuation"] else p["preview_topic"]
         self.cmd_pub = self.create_publisher(msg_type, topic, 10)
         self.status_pub = self.create_publisher(String, p["status_topic"], 10)
-        self.running = True
-        self.worker = threading.Thread(target=self.control_loop, daemon=True)
-        self.worker.start()
+        self.source_pub = (self.create_publisher(String, p["command_source_topic"], 10)
+                           if p["command_source_topic"] else None)
+
+        self.policy = None
+        try:
+            self.policy = load_policy(p["policy"], p["checkpoint"], p["mode"], p["device"],
+                                      action_dim=len(self.profile.scale), policy_args=p["policy_args"])
+            dim = policy_action_dim(self.policy)
+            if dim is not None and dim != len(self.profile.scale):
+                raise ValueError(f"policy emits {dim} action dims, profile {self.profile.name} maps "
+                                 f"{len(self.profile.scale)}")
+        except Exception as e:  # noqa: BLE001 - any load error is reported as a fault, never swallowed
+            self.fail(f"policy could not be loaded: {type(e).__name__}: {e}", EXIT_LOAD_FAILED)
+
+        qos = image_qos(p["image_reliability"], p["image_depth"])
+        events = SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos)
+        if p["compressed"]:
+            self.create_subscription(CompressedImage, p["image_topic"], self.on_compressed, qos,
+                                     callback_group=self.input_group, event_callbacks=events)
+        else:
+            self.create_subscription(Image, p["image_topic"], self.on_image, qos,
+                                     callback_group=self.input_group, event_callbacks=events)
+        self.create_subscription(String, p["instruction_topic"], self.on_instruction, 10,
+                                 callback_group=self.input_group)
+        if p["joint_state_topic"]:
+            self.create_subscription(JointState, p["joint_state_topic"], self.on_joints, 10,
+                                     callback_group=self.input_group)
+        self.create_subscription(Bool, p["estop_topic"], self.on_estop, 10, callback_group=self.safety_group)
+        self.create_timer(1.0 / float(p["watchdog_hz"]), self.on_watchdog, callback_group=self.safety_group)
+        self.frame_ready = self.create_guard_condition(self.on_frame_ready, callback_group=self.inference_group)
+        self.add_on_set_parameters_callback(self.on_set_parameters)
+        self.add_post_set_parameters_callback(self.on_parameters_set)
         self.get_logger().info(f"qsft policy node: profile {self.profile.name}, policy {p['policy']}, "
                                f"{'ACTUATING on ' + topic if p['enable_actuation'] else 'dry run on ' + topic}")
 
     # ---- inputs -------------------------------------------------------------------------------
-    def _store(self, img: np.ndarray) -> None:
+    def _bounded(self, text: str) -> str:
+        text, warning = bound_instruction(text, int(self.p["max_instruction_chars"]))
+        if warning:
+            self.counts["truncated_instructions"] += 1
+            self.get_logger().warning(warning)
+        return text
+
+    def _store(self, img: np.ndarray, stamp) -> None:
+        arrival = time.monotonic()
+        stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+        age = stamp_age(self.get_clock().now().nanoseconds, stamp_ns)
+        origin, warning = frame_origin(arrival, age, float(self.p["stamp_skew_tolerance"]))
+        if warning:
+            self.get_logger().warning(warning, throttle_duration_sec=5.0)
         with self.lock:
-            if self.frame is not None and not self.frame_used:
+            if self.frame is not None and self.acted_seq < self.frame_seq:
                 self.counts["dropped_frames"] += 1  # replaced before the policy used it (latest only)
-            self.frame, self.frame_time, self.frame_used = img, time.perf_counter(), False
+            self.frame, self.frame_origin, self.frame_stamp_ns = img, origin, stamp_ns
+            self.frame_seq += 1
             self.counts["frames"] += 1
-        self.new_frame.set()
+        self.frame_ready.trigger()
+
+    def _malformed(self, e: ImageFormatError) -> None:
+        self.counts["malformed"] += 1
+        self.get_logger().warning(f"malformed image skipped ({self.counts['malformed']} so far): {e}",
+                                  throttle_duration_sec=2.0)
 
     def on_image(self, msg: Image) -> None:
         try:
-            self._store(image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data))
+            img = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                               max_pixels=int(self.p["max_image_pixels"]))
         except ImageFormatError as e:
-            self.counts["malformed"] += 1
-            self.get_logger().warning(f"malformed image skipped ({self.counts['malformed']} so far): {e}",
-                                      throttle_duration_sec=2.0)
+            self._malformed(e)
+            return
+        self._store(img, msg.header.stamp)
 
     def on_compressed(self, msg: CompressedImage) -> None:
         try:
-            self._store(compressed_to_rgb(msg.format, msg.data))
+            img = compressed_to_rgb(msg.format, msg.data, max_pixels=int(self.p["max_image_pixels"]))
         except ImageFormatError as e:
-            self.counts["malformed"] += 1
-            self.get_logger().warning(f"malformed compressed image skipped: {e}", throttle_duration_sec=2.0)
+            self._malformed(e)
+            return
+        self._store(img, msg.header.stamp)
 
-    def on_estop(self, msg: Bool) -> None:
-        if msg.data and not self.estop:
-            self.get_logger().error("E-STOP received: stopping and latching until restart")
-            self.estop = True
+    def on_incompatible_qos(self, info) -> None:
+        self.get_logger().error(
+            f"camera publisher QoS incompatible with image_reliability={self.p['image_reliability']} "
+            f"(policy id {info.last_policy_kind}): no frames arrive; a best-effort camera needs "
+            "image_reliability:=best_effort", throttle_duration_sec=5.0)
 
     def on_instruction(self, msg: String) -> None:
-        self.instruction = msg.data
-        self.get_logger().info(f"instruction: {msg.data!r}")
+        text = self._bounded(msg.data)
+        with self.lock:
+            self.instruction = text
+        self.get_logger().info(f"instruction: {text[:80]!r}{'...' if len(text) > 80 else ''}")
 
     def on_joints(self, msg: JointState) -> None:
-        self.state = np.asarray(msg.position, dtype=np.float32)
+        joints = np.asarray(msg.position, dtype=np.float32)
+        with self.lock:
+            self.joints, self.joints_stamp_ns = joints, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
-    # ---- control ------------------------------------------------------------------------------
+    def on_set_parameters(self, params) -> SetParametersResult:
+        """
+        Accept run-time changes of the instruction only.
+
+        Everything else shapes topics, limits or the policy; changing it under a moving robot is
+        refused with the reason.
+        """
+        for prm in params:
+            if prm.name not in PARAMS:
+                continue
+            if prm.name not in RUNTIME_PARAMS:
+                return SetParametersResult(successful=False, reason=(
+                    f"{prm.name} is read at start-up only (it sets topics, limits or the policy): restart the "
+                    f"node to change it; at run time only {', '.join(sorted(RUNTIME_PARAMS))} may change"))
+            if not isinstance(prm.value, str):
+                return SetParametersResult(successful=False, reason="instruction must be a string")
+            cap = int(self.p["max_instruction_chars"])
+            if len(prm.value) > cap:
+                return SetParametersResult(successful=False, reason=(
+                    f"instruction of {len(prm.value)} characters exceeds max_instruction_chars={cap}"))
+        return SetParametersResult(successful=True)
+
+    def on_parameters_set(self, params) -> None:
+        for prm in params:
+            if prm.name == "instruction":
+                with self.lock:
+                    self.instruction = prm.value
+                self.get_logger().info(f"instruction parameter set: {prm.value[:80]!r}")
+
+    # ---- commands -----------------------------------------------------------------------------
     def publish_command(self, command: np.ndarray) -> None:
         f = self.profile.command_fields(command)
         if f["type"] == "twist":
@@ -157,68 +300,133 @@ class PolicyNode(Node):
             msg = Float64MultiArray(data=f["data"])
         self.cmd_pub.publish(msg)
 
-    def stop(self) -> None:
-        self.safety.reset()
+    def _stop_locked(self, now: float) -> None:
+        """Stop at once (never slew-limited); the next command ramps up from zero."""
+        self.safety.reset(now)
         self.publish_command(self.profile.stop_command())
         self.counts["stops"] += 1
+        self.last_stop = now
 
-    def control_loop(self) -> None:
-        """Act as soon as a new frame arrives, at most control_hz actions per second; otherwise tick
-        at control_hz so the watchdog stops the robot when the camera goes quiet."""
-        period = 1.0 / float(self.p["control_hz"])
-        last_act, last_status = -1e9, -1e9
-        next_tick = time.perf_counter()
-        while self.running and rclpy.ok():
-            now = time.perf_counter()
-            pending = self.new_frame.is_set()
-            # a pending frame is acted on as soon as the rate limit allows (never later than one period,
-            # so e-stop and watchdog are still checked at control_hz); otherwise wait for a tick
-            wake = last_act + period if pending else next_tick
-            if now < wake:
-                if pending:
-                    time.sleep(wake - now)  # rate limit: the newest frame is used when allowed
-                else:
-                    self.new_frame.wait(timeout=wake - now)  # returns early when a frame arrives
-                continue
-            self.new_frame.clear()
+    def fail(self, reason: str, exit_code: int = EXIT_POLICY_FAULT) -> None:
+        """Latch a fault: stop now, report it, and let main() exit non-zero after fault_linger_s."""
+        with self.lock:
+            if self.fault is None:
+                self.fault, self.exit_code = reason, exit_code
+                self.get_logger().error(f"FAULT: {reason}: stopping; exiting with status {exit_code}")
+            now = time.monotonic()
+            self.watchdog.tick(now, self.frame_origin, self.estop, self.command_origin, fault=True)
+            self._stop_locked(now)
+            self._publish_status_locked(now)
+
+    # ---- safety group: never waits for inference ------------------------------------------------
+    def on_estop(self, msg: Bool) -> None:
+        if msg.data:
             with self.lock:
-                frame, frame_time, fresh = self.frame, self.frame_time, not self.frame_used
-                self.frame_used = True
-            state = self.watchdog.tick(now, frame_time, self.estop)
-            if state == State.RUNNING and self.instruction:
-                if now >= last_act + period:
-                    t0 = time.perf_counter()
-                    action = self.policy.act(frame[None, None], [self.instruction],
-                                             None if self.state is None else self.state[None])[0]
-                    t1 = time.perf_counter()
-                    self.publish_command(self.safety(self.profile.to_command(action), t1))
-                    self.latency_ms = (t1 - t0) * 1e3
-                    if fresh:  # a frame's first action (later ticks re-act on it until it goes stale)
-                        self.wait_ms = (t0 - frame_time) * 1e3
-                        self.frame_to_command_ms = (time.perf_counter() - frame_time) * 1e3
-                    self.counts["actions"] += 1
-                    last_act = now
-                    self.tick_times = (self.tick_times + [now])[-20:]
-            else:
-                self.stop()
-            next_tick = now + period
-            if now - last_status >= 0.2:  # status at <= 5 Hz: diagnostics must not cost control time
-                self.publish_status(state)
-                last_status = now
+                if not self.estop:
+                    self.get_logger().error("E-STOP received: stopping and latching until restart")
+                self.estop = True
+                now = time.monotonic()
+                self.watchdog.tick(now, self.frame_origin, True, self.command_origin, self.fault is not None)
+                self._stop_locked(now)
 
-    def publish_status(self, state: State) -> None:
+    def on_watchdog(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            before = self.watchdog.state
+            state = self.watchdog.tick(now, self.frame_origin, self.estop, self.command_origin,
+                                       self.fault is not None)
+            if state != State.RUNNING and (state != before or now - self.last_stop >= self.period):
+                if state != before and state in (State.STALE, State.LATE):
+                    origin = self.frame_origin if state == State.STALE else self.command_origin
+                    self.watchdog_stop = {"reason": state.value, "frame_age_ms": round((now - origin) * 1e3, 1)}
+                    self.get_logger().warning(
+                        f"watchdog stop: {state.value} ({self.watchdog_stop['frame_age_ms']} ms since the frame)",
+                        throttle_duration_sec=2.0)
+                self._stop_locked(now)
+            if now - self.last_status >= 0.2:  # status at <= 5 Hz
+                self._publish_status_locked(now)
+
+    def _publish_status_locked(self, now: float) -> None:
+        self.last_status = now
         ticks = self.tick_times
         rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 and ticks[-1] > ticks[0] else 0.0
         self.status_pub.publish(String(data=json.dumps({
-            "state": state.value, "latency_ms": round(self.latency_ms, 2), "wait_ms": round(self.wait_ms, 2),
+            "state": self.watchdog.state.value, "fault": self.fault, "watchdog_stop": self.watchdog_stop,
+            "latency_ms": round(self.latency_ms, 2), "wait_ms": round(self.wait_ms, 2),
             "frame_to_command_ms": round(self.frame_to_command_ms, 2), "rate_hz": round(rate, 2),
-            "instruction": self.instruction, "actuating": bool(self.p["enable_actuation"]), **self.counts})))
+            "instruction": self.instruction, "actuating": bool(self.p["enable_actuation"]),
+            "inference_busy": self.inference_busy, **self.counts})))
 
-    def shutdown(self) -> None:
-        self.running = False
-        self.new_frame.set()
-        self.worker.join(timeout=2.0)
-        self.stop()  # clean shutdown always leaves the robot stopped
+    # ---- inference group ------------------------------------------------------------------------
+    def on_frame_ready(self) -> None:
+        """Act on the newest frame, at most control_hz times a second; publish only if still fresh."""
+        if self.policy is None or self.closing or self.fault:
+            return
+        wait = self.last_act + self.period - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # rate limit; frames arriving meanwhile replace the one we will use
+        with self.lock:
+            if self.acted_seq == self.frame_seq or not self.instruction or self.estop or self.closing:
+                return
+            frame, origin, instruction, joints = self.frame, self.frame_origin, self.instruction, self.joints
+            stamp_ns, joints_stamp_ns = self.frame_stamp_ns, self.joints_stamp_ns
+            self.acted_seq = self.frame_seq
+            self.inference_busy = True
+        t0 = time.monotonic()
+        self.last_act = t0
+        try:
+            action = self.policy.act(frame[None, None], [instruction], None if joints is None else joints[None])[0]
+            command = self.profile.to_command(action)
+        except Exception as e:  # noqa: BLE001 - a failing policy must stop the robot, never go silent
+            self.inference_busy = False
+            self.fail(f"policy raised {type(e).__name__}: {e}")
+            return
+        t1 = time.monotonic()
+        with self.lock:
+            self.inference_busy = False
+            if self.closing or self.estop or self.fault:
+                return
+            if t1 - origin > self.max_age:
+                self.counts["discarded_stale"] += 1
+                self.get_logger().warning(
+                    f"inference result discarded: its frame is {t1 - origin:.2f}s old (max_image_age "
+                    f"{self.max_age}s); inference took {t1 - t0:.2f}s", throttle_duration_sec=2.0)
+                return
+            try:
+                safe = self.safety(command, t1)
+            except ValueError as e:
+                fault = f"policy output unusable: {e}"
+            else:
+                fault = None
+                self.publish_command(safe)
+                if self.source_pub is not None:
+                    self.source_pub.publish(String(data=json.dumps(
+                        {"frame_stamp_ns": stamp_ns, "state_stamp_ns": joints_stamp_ns if joints is not None
+                         else None, "instruction": instruction, "command": [float(x) for x in safe]})))
+                self.command_origin = origin
+                self.latency_ms = (t1 - t0) * 1e3
+                self.wait_ms = (t0 - origin) * 1e3
+                self.frame_to_command_ms = (time.monotonic() - origin) * 1e3
+                self.counts["actions"] += 1
+                self.tick_times = (self.tick_times + [t0])[-20:]
+        if fault:
+            self.fail(fault)
+
+    # ---- shutdown -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Leave the robot stopped: no inference result is published after this."""
+        with self.lock:
+            self.closing = True
+            self._stop_locked(time.monotonic())
+
+
+def _flush_logs() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
 
 
 def main(args=None) -> None:
@@ -226,24 +434,44 @@ def main(args=None) -> None:
 
     from rclpy.signals import SignalHandlerOptions
 
-    # Our own SIGINT/SIGTERM handling: rclpy's default handler shuts the context down before the
-    # `finally` below runs, and a stop published on a dead context never reaches the robot.
+    # Our own SIGINT/SIGTERM handling: rclpy's default handler shuts the context down before the stop
+    # below is published, and a stop published on a dead context never reaches the robot.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    node = PolicyNode()
     try:
-        while rclpy.ok() and not stopping.is_set():  # short spins so the signal flag is seen
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except rclpy.executors.ExternalShutdownException:
-        pass
-    finally:
-        node.shutdown()
-        time.sleep(0.2)  # let DDS deliver the final stop
-        node.destroy_node()
+        node = PolicyNode()
+    except Exception as e:  # noqa: BLE001 - e.g. a missing robot profile: say why and exit non-zero
+        rclpy.logging.get_logger("qsft_policy").fatal(f"cannot start: {type(e).__name__}: {e}")
         rclpy.try_shutdown()
+        sys.exit(EXIT_LOAD_FAILED)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    while not stopping.is_set() and node.exit_code is None:
+        stopping.wait(0.1)  # the main thread only waits for a signal or a fault
+    if node.exit_code is not None and not stopping.is_set():
+        stopping.wait(float(node.p["fault_linger_s"]))  # stops + fault status keep going out meanwhile
+    code = node.exit_code or 0
+    node.close()
+    time.sleep(0.2)  # let DDS deliver the final stop
+    if node.inference_busy:
+        # The policy is inside a call that cannot be interrupted (a long forward pass). The robot is
+        # stopped and nothing will be published after close(); waiting could take seconds, and tearing
+        # down rclpy/torch under a running thread aborts the process. Leave without either.
+        node.get_logger().warning("exiting while inference is still running (its result is discarded)")
+        _flush_logs()
+        os._exit(code)
+    executor.shutdown(timeout_sec=2.0)
+    spinner.join(timeout=2.0)  # destroying the node under a spinning thread aborts the process
+    if spinner.is_alive():
+        _flush_logs()
+        os._exit(code)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""Closed loop through ROS 2 = closed loop in process (issue 18): the sim bridge steps in lockstep with
+the policy node's commands, so 20 seeds of each task give the success `qsft-robot eval` gives.
+
+Both sides run the scripted color_seek policy (image-only, so it can sit behind the ROS camera topic);
+the bridge and the node are separate processes talking over real rclpy / Fast DDS.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import yaml
+from test_ros_node import PKG, ROOT, Probe, next_domain, start, stop
+
+rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
+from geometry_msgs.msg import Twist  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+SEEDS, EPISODES = 1000, 20
+COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
+
+
+@pytest.mark.parametrize("profile", ["arm", "base"])
+def test_sim_profiles_are_the_robot_profiles_without_slew_limit(profile):
+    sim = yaml.safe_load((PKG / "config" / "sim" / f"{profile}.yaml").read_text())
+    real = yaml.safe_load((ROOT / "configs" / "robots" / f"{profile}.yaml").read_text())
+    assert "max_rate" in real
+    assert sim == {k: v for k, v in real.items() if k != "max_rate"}
+
+
+@pytest.mark.parametrize("task,profile", [("base_goto", "base"), ("arm_reach", "arm")])
+def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
+    from qsft_robot.ros.scripted_policy import ColorSeekPolicy
+    from qsft_robot.sim.evaluate import evaluate
+
+    dim = 2 if profile == "base" else 4
+    t0 = time.monotonic()
+    ref = evaluate(ColorSeekPolicy(dim), task, EPISODES, SEEDS, num_envs=10, videos=0)
+    t_ref = time.monotonic() - t0
+
+    domain = next_domain()
+    probe = Probe(domain, preview_type=Float64MultiArray if profile == "arm" else Twist)
+    sim_profile = str(PKG / "config" / "sim" / f"{profile}.yaml")
+    node = start("policy_node", PKG / "config" / f"{profile}.yaml", domain=domain, policy="color_seek",
+                 robot_profile=sim_profile, command_topic=COMMAND_TOPIC[profile], enable_actuation=True,
+                 control_hz=100.0, max_image_age=2.0)
+    bridge = start("sim_bridge", domain=domain, task=task, seed=SEEDS, episodes=EPISODES, robot_profile=sim_profile,
+                   command_topic=COMMAND_TOPIC[profile], exit_when_done=True)
+    try:
+        t1 = time.monotonic()
+        assert probe.wait_for("/sim/status", lambda s: s.get("finished"), timeout=180), "the bridge did not finish"
+        t_ros = time.monotonic() - t1
+        final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
+    finally:
+        stop(bridge)
+        out = stop(node)
+        probe.close()
+    ros_lengths = [r["length"] for r in final["results"]]
+    ref_lengths = [r["length"] for r in ref["per_episode"]]
+    same = sum(a == b for a, b in zip(ros_lengths, ref_lengths))
+    ref_succ = sum(r["success"] for r in ref["per_episode"])
+    report(f"{task} x{EPISODES} (seeds {SEEDS}..) color_seek: ROS lockstep {final['successes']}/{final['episodes']} "
+           f"in {t_ros:.1f}s, in process {ref_succ}/{EPISODES} in {t_ref:.1f}s; same episode length on "
+           f"{same}/{EPISODES} seeds; {final['resends']} frames resent")
+    assert final["episodes"] == EPISODES
+    assert abs(final["successes"] - ref_succ) <= 1, (ros_lengths, ref_lengths)
+    assert same >= EPISODES - 1, (ros_lengths, ref_lengths)
+    assert "terminate called" not in out
+
+
+def in_process_rollouts(policy, task: str, seeds: list[int], max_steps: int) -> list[dict]:
+    """The loop `evaluate` runs, one env at a time, keeping each episode's final proprio state."""
+    from qsft_robot.sim.registry import make_task
+
+    out = []
+    for seed in seeds:
+        env = make_task(task, image_size=64, max_steps=max_steps)
+        obs, _ = env.reset(seed=seed)
+        done = False
+        while not done:
+            action = policy.act(np.stack([np.stack([obs["images"][env.camera]])]), [obs["instruction"]],
+                                np.stack([obs["state"]]))[0]
+            obs, _, term, trunc, info = env.step(action)
+            done = term or trunc
+        out.append({"success": bool(info["success"]), "length": env.t, "final_state": obs["state"].tolist()})
+        env.close()
+    return out
+
+
+def test_ros_lockstep_with_a_trained_checkpoint_takes_the_in_process_trajectory(tmp_path, report):
+    """A checkpoint (with proprio state in its prompt: the bridge publishes JointState with the frame's
+    stamp) takes the same steps through ROS as in process: same lengths and final states per seed."""
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.config import load_config
+    from qsft_robot.sim.collect import collect_episodes
+    from qsft_robot.train.trainer import train
+
+    eps = collect_episodes("base_goto", 4, "mixed", seed=0, image_size=64)
+    ckpt = train(load_config(None, [f"train.out_dir={tmp_path / 'run'}", "train.steps=1", "train.batch_size=4",
+                                    "algo.num_bins=16"]), eps)
+    n, max_steps = 2, 20  # short episodes: CPU inference costs ~50 ms a step on each side
+    ref = in_process_rollouts(load_policy(ckpt, device="cpu"), "base_goto", list(range(SEEDS, SEEDS + n)), max_steps)
+
+    domain = next_domain()
+    probe = Probe(domain)
+    sim_profile = str(PKG / "config" / "sim" / "base.yaml")
+    node = start("policy_node", PKG / "config" / "base.yaml", domain=domain, policy="checkpoint", checkpoint=str(ckpt),
+                 device="cpu", robot_profile=sim_profile, enable_actuation=True, control_hz=100.0, max_image_age=5.0,
+                 joint_state_topic="/sim/joint_states")
+    bridge = start("sim_bridge", domain=domain, task="base_goto", seed=SEEDS, episodes=n, robot_profile=sim_profile,
+                   exit_when_done=True, state_topic="/sim/joint_states", step_timeout=10.0, max_steps=max_steps)
+    try:
+        t1 = time.monotonic()
+        assert probe.wait_for("/sim/status", lambda s: s.get("finished"), timeout=240), "the bridge did not finish"
+        t_ros = time.monotonic() - t1
+        final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
+    finally:
+        stop(bridge)
+        stop(node)
+        probe.close()
+    report(f"base_goto x{n} with a checkpoint through ROS lockstep: {t_ros:.1f}s, lengths "
+           f"{[r['length'] for r in final['results']]} vs in process {[r['length'] for r in ref]}")
+    for ros, loc in zip(final["results"], ref):
+        assert ros["success"] == loc["success"] and ros["length"] == loc["length"]
+        np.testing.assert_allclose(ros["final_state"], loc["final_state"], atol=1e-5)
