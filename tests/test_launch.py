@@ -14,13 +14,15 @@ import subprocess
 import time
 
 import pytest
-from test_ros_node import RED, ROOT, Probe, next_domain
+from test_ros_node import RED, ROOT, Probe, next_domain, output, popen_logged
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 pytest.importorskip("ros2launch", reason="ros2 launch is not installed: pip install --no-deps "
                                          "../shared/wheels/ros2-launch/*.whl (see that folder's README)")
 from geometry_msgs.msg import Twist  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+from qsft_robot.ros.params import PARAM_SPECS  # noqa: E402
 
 FAILING = "qsft_robot.ros.fault_policies:FailingPolicy"
 
@@ -43,21 +45,25 @@ def ws_env(tmp_path_factory):
     return env
 
 
-def launch(env, domain, *args):
-    return subprocess.Popen(["ros2", "launch", "qsft_robot", "policy.launch.py", *args],
-                            env={**env, "ROS_DOMAIN_ID": str(domain)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def launch(env, domain, *args, file="policy.launch.py"):
+    """`ros2 launch` in its own session (process group), output to a file (see popen_logged)."""
+    return popen_logged(["ros2", "launch", "qsft_robot", file, *args], env={**env, "ROS_DOMAIN_ID": str(domain)},
+                        start_new_session=True)
 
 
 def finish(proc, sig=signal.SIGINT, timeout=20):
+    """Signal the whole process group, as Ctrl-C in a terminal does (launch and its nodes all get it)."""
     if proc.poll() is None:
-        os.kill(proc.pid, sig)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out
+        proc.wait()
+    return output(proc)
 
 
 def test_show_args_describes_every_argument(ws_env):
@@ -65,7 +71,9 @@ def test_show_args_describes_every_argument(ws_env):
                          capture_output=True, text=True, timeout=60, check=True).stdout
     blocks = [b.strip().splitlines() for b in out.split("\n\n") if b.strip().startswith("'")]
     names = {b[0].strip("': ") for b in blocks}
-    assert {"profile", "policy", "checkpoint", "mode", "instruction", "enable_actuation"} <= names, out
+    # every node parameter is a launch argument (generated from the node's own table), plus the profile
+    assert names == set(PARAM_SPECS) | {"profile"}, (set(PARAM_SPECS) ^ names, out)
+    assert "(default: '')" in out and "may be changed at run time" in out
     assert all(len(b) >= 3 and b[1].strip() and not b[1].strip().startswith("(default") for b in blocks), out
 
 
@@ -75,16 +83,19 @@ def test_launch_color_seek_acts_and_stops_on_sigint(ws_env, report, profile, msg
     domain = next_domain()
     probe = Probe(domain, preview_type=msg_type)
     t0 = time.monotonic()
-    proc = launch(ws_env, domain, f"profile:={profile}", "policy:=color_seek")
+    # max_image_age 5: the watchdog cannot stop the robot before SIGINT, so the final zero comes from shutdown
+    proc = launch(ws_env, domain, f"profile:={profile}", "policy:=color_seek", "max_image_age:=5")
     try:
         assert probe.wait_for("/qsft/status", timeout=40), "no status from the launched node"
         t_up = time.monotonic()
         assert probe.status()["instruction"] == instruction, "the launch must keep the profile YAML's instruction"
-        probe.stream(2.0, hz=10, rgb=RED)
+        probe.stream(5.0, hz=10, rgb=RED, until=lambda: probe.status().get("actions", 0) >= 3)
         assert probe.wait_for("/qsft/status", lambda s: s["actions"] > 0, timeout=5)
         values = [[m.linear.x, m.angular.z] if profile == "base" else list(m.data)
                   for _, m in probe.msgs["/qsft/preview"]]
         assert any(abs(v[0]) > 1e-9 for v in values), "commands for frames"
+        assert abs(values[-1][0]) > 1e-9, "still moving before SIGINT (max_image_age:=5)"
+        assert probe.status()["state"] == "running", probe.status()
         t_sig = time.monotonic()
         out = finish(proc)
         t_end = time.monotonic()
@@ -104,9 +115,9 @@ def test_launch_color_seek_acts_and_stops_on_sigint(ws_env, report, profile, msg
 def test_launch_fails_nonzero_when_the_checkpoint_is_missing(ws_env):
     proc = launch(ws_env, next_domain(), "profile:=base")
     try:
-        out = proc.communicate(timeout=60)[0]
+        proc.wait(timeout=60)
     finally:
-        finish(proc)
+        out = finish(proc)
     assert proc.returncode != 0, out[-3000:]
     assert "needs checkpoint" in out and "exited with status 2" in out
 
@@ -115,14 +126,13 @@ def test_launch_with_a_failing_policy_reports_fault_and_stops(ws_env):
     domain = next_domain()
     probe = Probe(domain)
     proc = launch(ws_env, domain, "profile:=base", f"policy:={FAILING}", "policy_args:=" + json.dumps({"fail_at": 3}),
-                  "enable_actuation:=true", "control_hz:=10.0")
+                  "enable_actuation:=true", "control_hz:=10.0", "fault_linger_s:=0.5")
     try:
         assert probe.wait_for("/qsft/status", timeout=40)
         probe.stream(4.0, hz=10, rgb=RED, until=lambda: proc.poll() is not None)
         proc.wait(timeout=20)
-        out = proc.communicate()[0]
     finally:
-        finish(proc)
+        out = finish(proc)
         probe.close()
     assert proc.returncode != 0 and "exited with status 3" in out, out[-3000:]
     faults = [s for _, s in probe.msgs["/qsft/status"] if s["state"] == "fault"]
@@ -139,14 +149,16 @@ def test_sim_launch_runs_the_closed_loop_in_one_command(ws_env, report):
     ref = evaluate(ColorSeekPolicy(2), "base_goto", 3, 1000, num_envs=3, videos=0)
     ref_succ = sum(r["success"] for r in ref["per_episode"])
     t0 = time.monotonic()
-    proc = subprocess.Popen(["ros2", "launch", "qsft_robot", "sim.launch.py", "task:=base_goto", "episodes:=3",
-                             "seed:=1000"], env={**ws_env, "ROS_DOMAIN_ID": str(next_domain())},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = launch(ws_env, next_domain(), "task:=base_goto", "episodes:=3", "seed:=1000", file="sim.launch.py")
     try:
-        out = proc.communicate(timeout=120)[0]
+        proc.wait(timeout=120)
     finally:
-        finish(proc)
+        out = finish(proc)
     report(f"ros2 launch qsft_robot sim.launch.py task:=base_goto episodes:=3: {time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, out[-3000:]
     assert f"base_goto: success {ref_succ}/3 (lockstep" in out, out[-3000:]
     assert "terminate called" not in out
+    # the launch wires /sim/joint_states on both sides: the bridge applies a command only when the node
+    # reports it was computed with this frame's state (it sends both again otherwise, and gives up after
+    # max_resends in a row: without the node's side of the wiring the launch fails)
+    assert "proprio state on /sim/joint_states" in out and "lockstep aborted" not in out, out[-3000:]

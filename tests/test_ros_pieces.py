@@ -145,3 +145,45 @@ def test_profiles_load_and_map(name):
     fields = p.command_fields(cmd)
     assert fields["type"] == ("twist" if name == "base" else "float64_multi_array")
     assert np.all(p.stop_command() == 0)
+
+
+def test_late_bound_lets_a_command_stand_one_control_period_past_max_image_age():
+    from qsft_robot.ros.params import late_bound, timing_warning
+
+    assert late_bound(0.5, 5.0) == pytest.approx(0.7)
+    w = Watchdog(max_image_age=0.5, late_age=late_bound(0.5, 5.0))
+    # newest frame fresh; the last command came from a frame 0.6 s old: the next command is not overdue yet
+    assert w.tick(10.0, 9.95, False, 9.4) == State.RUNNING
+    assert w.tick(10.0, 9.95, False, 9.25) == State.LATE
+    assert w.tick(10.0, 9.45, False, 9.4) == State.STALE  # the camera itself is silent: max_image_age only
+    assert timing_warning(0.5, 5.0) is None
+    assert "exceeds max_image_age" in timing_warning(0.5, 1.0)
+
+
+def test_watchdog_keeps_a_bounded_history():
+    w = Watchdog(max_image_age=0.5)
+    for i in range(3 * Watchdog.MAX_TRANSITIONS):
+        w.tick(float(i), float(i) if i % 2 else None, False)
+    assert len(w.transitions) == Watchdog.MAX_TRANSITIONS
+
+
+def test_old_stamps_are_warned_about():
+    from qsft_robot.ros.inputs import old_stamp_warning
+
+    assert old_stamp_warning(None, 0.5) is None and old_stamp_warning(4.9, 0.5) is None
+    assert "10.0s in the past" in old_stamp_warning(10.0, 0.5)
+
+
+def test_param_table_fault_spec_and_launch_values():
+    from qsft_robot.ros.params import PARAM_SPECS, launch_value, parse_fault
+
+    assert all(isinstance(d, str) and d for _, d in PARAM_SPECS.values())
+    assert parse_fault("") is None and parse_fault("watchdog:3") == ("watchdog", 3)
+    for bad in ("policy:1", "image:0", "image", "image:x"):
+        with pytest.raises(ValueError):
+            parse_fault(bad)
+    assert launch_value("control_hz", "10") == 10.0 and isinstance(launch_value("control_hz", "10"), float)
+    assert launch_value("image_depth", "30") == 30 and launch_value("enable_actuation", "True") is True
+    assert launch_value("instruction", "5") == "5"
+    with pytest.raises(ValueError):
+        launch_value("compressed", "yes")

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from test_ros_node import PKG, ROOT, Probe, next_domain, start, stop
+from test_ros_node import PKG, ROOT, Probe, next_domain, start, stop, tiny_checkpoint  # noqa: F401 - shared fixture
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 from geometry_msgs.msg import Twist  # noqa: E402
@@ -19,6 +19,28 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 SEEDS, EPISODES = 1000, 20
 COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
+
+
+def closed_loop_through_ros(profile: str, timeout: float, node_args: dict, bridge_args: dict,
+                            preview_type=None) -> tuple[dict, float, str]:
+    """Policy node + lockstep sim bridge as two processes on a fresh ROS domain, until the bridge reports
+    it has finished: (its final /sim/status, seconds taken, the node's output)."""
+    domain = next_domain()
+    probe = Probe(domain, **({"preview_type": preview_type} if preview_type else {}))
+    sim_profile = str(PKG / "config" / "sim" / f"{profile}.yaml")
+    node = start("policy_node", PKG / "config" / f"{profile}.yaml", domain=domain, robot_profile=sim_profile,
+                 enable_actuation=True, control_hz=100.0, **node_args)
+    bridge = start("sim_bridge", domain=domain, robot_profile=sim_profile, exit_when_done=True, **bridge_args)
+    try:
+        t1 = time.monotonic()
+        assert probe.wait_for("/sim/status", lambda s: s.get("finished"), timeout=timeout), "the bridge did not finish"
+        t_ros = time.monotonic() - t1
+        final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
+    finally:
+        stop(bridge)
+        out = stop(node)
+        probe.close()
+    return final, t_ros, out
 
 
 @pytest.mark.parametrize("profile", ["arm", "base"])
@@ -39,23 +61,10 @@ def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     ref = evaluate(ColorSeekPolicy(dim), task, EPISODES, SEEDS, num_envs=10, videos=0)
     t_ref = time.monotonic() - t0
 
-    domain = next_domain()
-    probe = Probe(domain, preview_type=Float64MultiArray if profile == "arm" else Twist)
-    sim_profile = str(PKG / "config" / "sim" / f"{profile}.yaml")
-    node = start("policy_node", PKG / "config" / f"{profile}.yaml", domain=domain, policy="color_seek",
-                 robot_profile=sim_profile, command_topic=COMMAND_TOPIC[profile], enable_actuation=True,
-                 control_hz=100.0, max_image_age=2.0)
-    bridge = start("sim_bridge", domain=domain, task=task, seed=SEEDS, episodes=EPISODES, robot_profile=sim_profile,
-                   command_topic=COMMAND_TOPIC[profile], exit_when_done=True)
-    try:
-        t1 = time.monotonic()
-        assert probe.wait_for("/sim/status", lambda s: s.get("finished"), timeout=180), "the bridge did not finish"
-        t_ros = time.monotonic() - t1
-        final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
-    finally:
-        stop(bridge)
-        out = stop(node)
-        probe.close()
+    final, t_ros, out = closed_loop_through_ros(
+        profile, 180, dict(policy="color_seek", command_topic=COMMAND_TOPIC[profile], max_image_age=2.0),
+        dict(task=task, seed=SEEDS, episodes=EPISODES, command_topic=COMMAND_TOPIC[profile]),
+        preview_type=Float64MultiArray if profile == "arm" else Twist)
     ros_lengths = [r["length"] for r in final["results"]]
     ref_lengths = [r["length"] for r in ref["per_episode"]]
     same = sum(a == b for a, b in zip(ros_lengths, ref_lengths))
@@ -88,37 +97,20 @@ def in_process_rollouts(policy, task: str, seeds: list[int], max_steps: int) -> 
     return out
 
 
-def test_ros_lockstep_with_a_trained_checkpoint_takes_the_in_process_trajectory(tmp_path, report):
+def test_ros_lockstep_with_a_trained_checkpoint_takes_the_in_process_trajectory(tiny_checkpoint, report):  # noqa: F811
     """A checkpoint (with proprio state in its prompt: the bridge publishes JointState with the frame's
     stamp) takes the same steps through ROS as in process: same lengths and final states per seed."""
     from qsft_robot.algo.policy import load_policy
-    from qsft_robot.config import load_config
-    from qsft_robot.sim.collect import collect_episodes
-    from qsft_robot.train.trainer import train
 
-    eps = collect_episodes("base_goto", 4, "mixed", seed=0, image_size=64)
-    ckpt = train(load_config(None, [f"train.out_dir={tmp_path / 'run'}", "train.steps=1", "train.batch_size=4",
-                                    "algo.num_bins=16"]), eps)
+    ckpt = tiny_checkpoint
     n, max_steps = 2, 20  # short episodes: CPU inference costs ~50 ms a step on each side
     ref = in_process_rollouts(load_policy(ckpt, device="cpu"), "base_goto", list(range(SEEDS, SEEDS + n)), max_steps)
 
-    domain = next_domain()
-    probe = Probe(domain)
-    sim_profile = str(PKG / "config" / "sim" / "base.yaml")
-    node = start("policy_node", PKG / "config" / "base.yaml", domain=domain, policy="checkpoint", checkpoint=str(ckpt),
-                 device="cpu", robot_profile=sim_profile, enable_actuation=True, control_hz=100.0, max_image_age=5.0,
-                 joint_state_topic="/sim/joint_states")
-    bridge = start("sim_bridge", domain=domain, task="base_goto", seed=SEEDS, episodes=n, robot_profile=sim_profile,
-                   exit_when_done=True, state_topic="/sim/joint_states", step_timeout=10.0, max_steps=max_steps)
-    try:
-        t1 = time.monotonic()
-        assert probe.wait_for("/sim/status", lambda s: s.get("finished"), timeout=240), "the bridge did not finish"
-        t_ros = time.monotonic() - t1
-        final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
-    finally:
-        stop(bridge)
-        stop(node)
-        probe.close()
+    final, t_ros, _ = closed_loop_through_ros(
+        "base", 240, dict(policy="checkpoint", checkpoint=str(ckpt), device="cpu", max_image_age=5.0,
+                          joint_state_topic="/sim/joint_states"),
+        dict(task="base_goto", seed=SEEDS, episodes=n, state_topic="/sim/joint_states", step_timeout=10.0,
+             max_steps=max_steps))
     report(f"base_goto x{n} with a checkpoint through ROS lockstep: {t_ros:.1f}s, lengths "
            f"{[r['length'] for r in final['results']]} vs in process {[r['length'] for r in ref]}")
     for ros, loc in zip(final["results"], ref):

@@ -39,3 +39,18 @@ def frame_origin(arrival: float, age_from_stamp: float | None, skew_tolerance: f
         return arrival, (f"header.stamp is {-age_from_stamp:.3f}s in the future (skew tolerance "
                          f"{skew_tolerance}s): clocks disagree, using arrival time")
     return arrival - max(0.0, age_from_stamp - skew_tolerance), None
+
+
+OLD_STAMP_FACTOR = 10.0  # a stamp this many max_image_age in the past is a clock problem, not a slow camera
+
+
+def old_stamp_warning(age_from_stamp: float | None, max_image_age: float) -> str | None:
+    """A warning when header.stamp is far in the past (> OLD_STAMP_FACTOR x max_image_age), else None.
+
+    Such frames are never acted on (they are stale); the warning says why the robot does not move when
+    the camera's clock is off or a bag is replayed without sim time.
+    """
+    if age_from_stamp is None or age_from_stamp <= OLD_STAMP_FACTOR * max_image_age:
+        return None
+    return (f"header.stamp is {age_from_stamp:.1f}s in the past (max_image_age {max_image_age}s): frames are "
+            "treated as stale and never acted on; check the camera's clock (or use_sim_time for a bag)")

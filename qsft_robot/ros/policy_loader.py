@@ -12,12 +12,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from qsft_robot.ros.params import KINDS
+
 
 class ActingPolicy(Protocol):
     def act(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray: ...
-
-
-KINDS = "checkpoint | color_seek | <module>:<class>"
 
 
 def parse_policy_args(text: str) -> dict[str, Any]:

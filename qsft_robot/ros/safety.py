@@ -1,6 +1,7 @@
 """Safety filter and watchdog state machine of the policy node: pure logic, unit-tested without ROS."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -52,7 +53,7 @@ class State(str, Enum):
     WAITING = "waiting"      # no frame yet
     RUNNING = "running"
     STALE = "stale"          # newest frame older than max_image_age (camera silent)
-    LATE = "late"            # the last command came from a frame older than max_image_age (slow inference)
+    LATE = "late"            # the last command's frame is older than late_age: the next command is overdue
     ESTOP = "estop"          # latched until reset
     FAULT = "fault"          # the policy failed: latched, the node exits
 
@@ -63,10 +64,16 @@ class Watchdog:
 
     It needs no inference result to decide: it looks only at when the newest frame and the frame behind
     the last command were taken, so a policy that hangs cannot keep the robot moving on old information.
+    The last command may stand until `late_age` after its frame was taken (default max_image_age; the
+    node uses max_image_age + one control period, see qsft_robot.ros.params.late_bound).
+    `transitions` keeps the last MAX_TRANSITIONS changes only (a node runs for days).
     """
     max_image_age: float
+    late_age: float | None = None
     state: State = State.WAITING
-    transitions: list = field(default_factory=list)
+    transitions: deque = field(default_factory=lambda: deque(maxlen=Watchdog.MAX_TRANSITIONS))
+
+    MAX_TRANSITIONS = 1000
 
     def tick(self, now: float, newest_frame_time: float | None, estop: bool,
              command_frame_time: float | None = None, fault: bool = False) -> State:
@@ -78,7 +85,8 @@ class Watchdog:
             new = State.WAITING
         elif now - newest_frame_time > self.max_image_age:
             new = State.STALE
-        elif command_frame_time is not None and now - command_frame_time > self.max_image_age:
+        elif command_frame_time is not None and now - command_frame_time > (
+                self.max_image_age if self.late_age is None else self.late_age):
             new = State.LATE
         else:
             new = State.RUNNING

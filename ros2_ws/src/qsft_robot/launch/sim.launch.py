@@ -12,11 +12,10 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch.events import Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from qsft_robot_ros.launch_common import end_launch_with
 
 ARGS = {
     "task": ("base_goto", "MuJoCo task (base_goto, arm_reach, ...: qsft_robot.sim.registry)"),
@@ -30,6 +29,7 @@ ARGS = {
     "image_size": ("64", "camera image size (the training data's)"),
 }
 COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
+STATE_TOPIC = "/sim/joint_states"  # the sim's proprio state, stamped like its frame, for policies that use it
 
 
 def _nodes(context):
@@ -42,24 +42,16 @@ def _nodes(context):
     bridge = Node(package="qsft_robot", executable="sim_bridge", name="qsft_sim_bridge", output="screen",
                   parameters=[{"task": a["task"], "seed": int(a["seed"]), "episodes": int(a["episodes"]),
                                "image_size": int(a["image_size"]), "robot_profile": sim_profile,
-                               "command_topic": topic, "lockstep": True, "exit_when_done": True}])
+                               "command_topic": topic, "state_topic": STATE_TOPIC, "lockstep": True,
+                               "exit_when_done": True}])
     policy = Node(package="qsft_robot", executable="policy_node", name="qsft_policy", output="screen",
                   parameters=[os.path.join(share, "config", f"{a['profile']}.yaml"), {
                       "policy": a["policy"], "checkpoint": a["checkpoint"], "mode": a["mode"], "device": a["device"],
-                      "robot_profile": sim_profile, "command_topic": topic, "enable_actuation": True,
-                      "control_hz": 100.0, "max_image_age": 2.0}])
-    return [bridge, policy,
-            RegisterEventHandler(OnProcessExit(target_action=bridge, on_exit=_on_exit)),
-            RegisterEventHandler(OnProcessExit(target_action=policy, on_exit=_on_exit))]
-
-
-def _on_exit(event, context):
-    """End launch with either process; non-zero when it failed."""
-    if event.returncode != 0:
-        raise RuntimeError(f"{event.action.name} exited with status {event.returncode} (see its log above)")
-    return [EmitEvent(event=Shutdown(reason=f"{event.action.name} finished"))]
+                      "robot_profile": sim_profile, "command_topic": topic, "joint_state_topic": STATE_TOPIC,
+                      "enable_actuation": True, "control_hz": 100.0, "max_image_age": 2.0}])
+    return [bridge, policy, *end_launch_with(bridge, policy)]
 
 
 def generate_launch_description():
     args = [DeclareLaunchArgument(k, default_value=v, description=d) for k, (v, d) in ARGS.items()]
-    return LaunchDescription(args + [OpaqueFunction(function=_nodes)])
+    return LaunchDescription([*args, OpaqueFunction(function=_nodes)])

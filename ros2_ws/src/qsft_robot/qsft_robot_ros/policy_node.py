@@ -4,20 +4,22 @@ The Q-SFT policy node: latest camera frame in, safe action commands out, at most
 Three callback groups on a MultiThreadedExecutor keep safety independent of inference:
 
 * safety (watchdog timer, e-stop, status): never waits for the policy. Every 1/watchdog_hz it stops the
-  robot when the newest frame, or the frame behind the last command, is older than max_image_age.
+  robot when the newest frame is older than max_image_age, or the frame behind the last command is
+  older than max_image_age + 1/control_hz (the command was fresh when published and the next one is
+  due a control period later: only an overdue one stops the robot, so slow inference is no stop-and-go).
 * inputs (image, instruction, joint state): store the newest values and wake inference.
-* inference (a guard condition): runs the policy on the newest frame; a result whose frame has gone
-  stale meanwhile is discarded, never published.
+* inference (a guard condition): runs the policy on the newest frame, unless that frame is already
+  older than max_image_age; a result whose frame has gone stale meanwhile is discarded, never published.
 
 A policy exception is fatal by design: stop commands and a `fault` status (with the reason) go out for
 fault_linger_s, then the node exits with status 3 (2 when the policy cannot even be loaded), so a
-supervisor (launch) sees it. With enable_actuation false (the default) commands go to a preview topic.
+supervisor (launch) sees it. An exception in any other callback ends the executor: the same stop +
+fault status (now sent from the main thread), then exit status 4. With enable_actuation false (the
+default) commands go to a preview topic.
 """
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import threading
 import time
@@ -28,6 +30,7 @@ import rclpy
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -37,13 +40,16 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from qsft_robot.ros.image_conv import ImageFormatError, compressed_to_rgb, image_to_rgb
-from qsft_robot.ros.inputs import bound_instruction, frame_origin, stamp_age
-from qsft_robot.ros.policy_loader import KINDS, load_policy, policy_action_dim
+from qsft_robot.ros.inputs import bound_instruction, frame_origin, old_stamp_warning, stamp_age
+from qsft_robot.ros.params import PARAM_SPECS, PARAMS, RUNTIME_PARAMS, late_bound, parse_fault, timing_warning
+from qsft_robot.ros.policy_loader import load_policy, policy_action_dim
 from qsft_robot.ros.profiles import RobotProfile
 from qsft_robot.ros.safety import SafetyFilter, State, Watchdog
+from qsft_robot_ros import runtime
 
 EXIT_LOAD_FAILED = 2
 EXIT_POLICY_FAULT = 3
+EXIT_CALLBACK_FAULT = 4  # a callback other than the policy call raised; the executor stopped
 
 
 def profiles_dir() -> Path:
@@ -58,39 +64,8 @@ def profiles_dir() -> Path:
     return Path(__file__).resolve().parents[4] / "configs" / "robots"
 
 
-# name: (default, description). Only `instruction` may change at run time (see on_set_parameters).
-PARAM_SPECS: dict[str, tuple[object, str]] = {
-    "checkpoint": ("", "run or checkpoint folder from `qsft-robot train` (policy:=checkpoint)"),
-    "policy": ("checkpoint", f"which policy acts: {KINDS}"),
-    "policy_args": ("", "JSON object of keyword arguments for a scripted or plug-in policy"),
-    "mode": ("argmax_q", "acting mode of a checkpoint: argmax_q | paper | sft (sft for SFT/filtered-BC runs)"),
-    "device": ("auto", "auto (cuda when available) | cpu | cuda[:N]"),
-    "robot_profile": ("base", "configs/robots/<name>.yaml (arm | base) or a path to a profile"),
-    "instruction": ("", "language instruction; may be changed at run time"),
-    "max_instruction_chars": (256, "longer instructions are cut to this (one warning each)"),
-    "image_topic": ("/camera/image_raw", "sensor_msgs/Image (or CompressedImage) topic"),
-    "compressed": (False, "subscribe to sensor_msgs/CompressedImage"),
-    "image_reliability": ("reliable", "camera QoS: reliable (image_transport, most drivers) | best_effort"),
-    "image_depth": (5, "camera QoS history depth"),
-    "max_image_pixels": (3840 * 2160, "frames with more pixels are rejected with an error"),
-    "control_hz": (5.0, "at most this many policy actions per second; also the slew-limit tick"),
-    "watchdog_hz": (50.0, "how often the watchdog checks frame age (stop latency <= max_image_age + 1/this)"),
-    "max_image_age": (0.5, "stop when the newest frame, or the frame behind the last command, is older (s)"),
-    "stamp_skew_tolerance": (0.1, "allowed camera/node clock offset when judging age from header.stamp (s)"),
-    "fault_linger_s": (1.0, "after a policy fault, publish stop + fault status this long before exiting"),
-    "enable_actuation": (False, "false: dry run, commands go to preview_topic"),
-    "command_topic": ("/cmd_vel", "where commands go when enable_actuation is true"),
-    "preview_topic": ("/qsft/preview", "where commands go in a dry run"),
-    "status_topic": ("/qsft/status", "std_msgs/String JSON status at <= 5 Hz"),
-    "estop_topic": ("/qsft/estop", "std_msgs/Bool; true stops and latches until restart"),
-    "instruction_topic": ("/qsft/instruction", "std_msgs/String; replaces the instruction"),
-    "joint_state_topic": ("", "sensor_msgs/JointState for policies that use proprioception ('' = none)"),
-    "command_source_topic": ("/qsft/command_source", (
-        "std_msgs/String JSON after each command: the header stamp of the frame and the instruction it came "
-        "from, and its values (the sim bridge's lockstep; '' = off)")),
-}
-PARAMS = {k: v for k, (v, _) in PARAM_SPECS.items()}
-RUNTIME_PARAMS = {"instruction"}
+# The parameter table (PARAM_SPECS, PARAMS, RUNTIME_PARAMS) lives in qsft_robot.ros.params, which the launch
+# file reads too: every parameter is a launch argument with the same description.
 
 
 def resolve_profile(name: str) -> Path:
@@ -122,7 +97,10 @@ class PolicyNode(Node):
         self.period = 1.0 / float(p["control_hz"])
         self.max_age = float(p["max_image_age"])
         self.safety = SafetyFilter(self.profile.lower, self.profile.upper, self.profile.max_rate, max_dt=self.period)
-        self.watchdog = Watchdog(max_image_age=self.max_age)
+        self.late_age = late_bound(self.max_age, float(p["control_hz"]))
+        self.watchdog = Watchdog(max_image_age=self.max_age, late_age=self.late_age)
+        self.fault_spec = parse_fault(p["inject_fault"])
+        self.fault_calls = 0
 
         # shared state, guarded by `lock` (taken for short, never during inference)
         self.lock = threading.Lock()
@@ -143,8 +121,10 @@ class PolicyNode(Node):
         self.last_stop = -1e9
         self.last_status = -1e9
         self.watchdog_stop: dict | None = None  # why and how late the last watchdog stop went out
+        # skipped_stale: frames already older than max_image_age when inference could start (never run);
+        # discarded_stale: results whose frame went stale during inference (never published)
         self.counts = {"frames": 0, "dropped_frames": 0, "malformed": 0, "actions": 0, "stops": 0,
-                       "discarded_stale": 0, "truncated_instructions": 0}
+                       "skipped_stale": 0, "discarded_stale": 0, "truncated_instructions": 0}
         self.latency_ms = 0.0           # the policy's inference for the last action
         self.wait_ms = 0.0              # frame received -> inference started
         self.frame_to_command_ms = 0.0  # frame received -> command published: what the robot feels
@@ -194,6 +174,18 @@ class PolicyNode(Node):
         self.add_post_set_parameters_callback(self.on_parameters_set)
         self.get_logger().info(f"qsft policy node: profile {self.profile.name}, policy {p['policy']}, "
                                f"{'ACTUATING on ' + topic if p['enable_actuation'] else 'dry run on ' + topic}")
+        warning = timing_warning(self.max_age, float(p["control_hz"]))
+        if warning:
+            self.get_logger().warning(warning)
+        if self.fault_spec:
+            self.get_logger().warning(f"TEST FAULT INJECTION armed: inject_fault={p['inject_fault']!r}")
+
+    def _inject(self, callback: str) -> None:
+        """inject_fault (tests only): raise in `callback` on its n-th call, as a bug there would."""
+        if self.fault_spec is not None and self.fault_spec[0] == callback:
+            self.fault_calls += 1
+            if self.fault_calls == self.fault_spec[1]:
+                raise RuntimeError(f"injected fault in the {callback} callback (call {self.fault_calls})")
 
     # ---- inputs -------------------------------------------------------------------------------
     def _bounded(self, text: str) -> str:
@@ -208,6 +200,7 @@ class PolicyNode(Node):
         stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
         age = stamp_age(self.get_clock().now().nanoseconds, stamp_ns)
         origin, warning = frame_origin(arrival, age, float(self.p["stamp_skew_tolerance"]))
+        warning = warning or old_stamp_warning(age, self.max_age)
         if warning:
             self.get_logger().warning(warning, throttle_duration_sec=5.0)
         with self.lock:
@@ -224,6 +217,7 @@ class PolicyNode(Node):
                                   throttle_duration_sec=2.0)
 
     def on_image(self, msg: Image) -> None:
+        self._inject("image")
         try:
             img = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
                                max_pixels=int(self.p["max_image_pixels"]))
@@ -233,6 +227,7 @@ class PolicyNode(Node):
         self._store(img, msg.header.stamp)
 
     def on_compressed(self, msg: CompressedImage) -> None:
+        self._inject("image")
         try:
             img = compressed_to_rgb(msg.format, msg.data, max_pixels=int(self.p["max_image_pixels"]))
         except ImageFormatError as e:
@@ -330,6 +325,7 @@ class PolicyNode(Node):
                 self._stop_locked(now)
 
     def on_watchdog(self) -> None:
+        self._inject("watchdog")
         now = time.monotonic()
         with self.lock:
             before = self.watchdog.state
@@ -345,6 +341,13 @@ class PolicyNode(Node):
                 self._stop_locked(now)
             if now - self.last_status >= 0.2:  # status at <= 5 Hz
                 self._publish_status_locked(now)
+
+    def heartbeat(self) -> None:
+        """Stop + status from the main thread, for when the executor (and the watchdog with it) is gone."""
+        with self.lock:
+            now = time.monotonic()
+            self._stop_locked(now)
+            self._publish_status_locked(now)
 
     def _publish_status_locked(self, now: float) -> None:
         self.last_status = now
@@ -367,6 +370,10 @@ class PolicyNode(Node):
             time.sleep(wait)  # rate limit; frames arriving meanwhile replace the one we will use
         with self.lock:
             if self.acted_seq == self.frame_seq or not self.instruction or self.estop or self.closing:
+                return
+            if time.monotonic() - self.frame_origin > self.max_age:  # already stale: not worth an inference
+                self.acted_seq = self.frame_seq
+                self.counts["skipped_stale"] += 1
                 return
             frame, origin, instruction, joints = self.frame, self.frame_origin, self.instruction, self.joints
             stamp_ns, joints_stamp_ns = self.frame_stamp_ns, self.joints_stamp_ns
@@ -420,26 +427,8 @@ class PolicyNode(Node):
             self._stop_locked(time.monotonic())
 
 
-def _flush_logs() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    logging.shutdown()
-
-
 def main(args=None) -> None:
-    import signal
-
-    from rclpy.signals import SignalHandlerOptions
-
-    # Our own SIGINT/SIGTERM handling: rclpy's default handler shuts the context down before the stop
-    # below is published, and a stop published on a dead context never reaches the robot.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    stopping = runtime.init(args)
     try:
         node = PolicyNode()
     except Exception as e:  # noqa: BLE001 - e.g. a missing robot profile: say why and exit non-zero
@@ -448,30 +437,23 @@ def main(args=None) -> None:
         sys.exit(EXIT_LOAD_FAILED)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    while not stopping.is_set() and node.exit_code is None:
-        stopping.wait(0.1)  # the main thread only waits for a signal or a fault
+    spinner = runtime.start_spinner(executor, lambda reason: node.fail(reason, EXIT_CALLBACK_FAULT),
+                                    node.get_logger())
+    while not stopping.is_set() and node.exit_code is None and spinner.is_alive():
+        stopping.wait(0.1)  # the main thread only waits for a signal, a fault or a dead spinner
+    if not spinner.is_alive() and node.exit_code is None and not stopping.is_set():
+        node.fail("the executor stopped spinning", EXIT_CALLBACK_FAULT)
     if node.exit_code is not None and not stopping.is_set():
-        stopping.wait(float(node.p["fault_linger_s"]))  # stops + fault status keep going out meanwhile
+        end = time.monotonic() + float(node.p["fault_linger_s"])
+        while not stopping.wait(min(node.period, 0.1)) and time.monotonic() < end:
+            if not spinner.is_alive():  # the watchdog died with the executor: stop + fault status from here
+                node.heartbeat()
     code = node.exit_code or 0
     node.close()
-    time.sleep(0.2)  # let DDS deliver the final stop
-    if node.inference_busy:
-        # The policy is inside a call that cannot be interrupted (a long forward pass). The robot is
-        # stopped and nothing will be published after close(); waiting could take seconds, and tearing
-        # down rclpy/torch under a running thread aborts the process. Leave without either.
-        node.get_logger().warning("exiting while inference is still running (its result is discarded)")
-        _flush_logs()
-        os._exit(code)
-    executor.shutdown(timeout_sec=2.0)
-    spinner.join(timeout=2.0)  # destroying the node under a spinning thread aborts the process
-    if spinner.is_alive():
-        _flush_logs()
-        os._exit(code)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    sys.exit(code)
+    # reliable QoS: wait (bounded) until every subscriber has acknowledged the final stop
+    if not node.cmd_pub.wait_for_all_acked(Duration(seconds=1.0)):
+        node.get_logger().warning("final stop not acknowledged by every subscriber within 1 s")
+    runtime.finish(node, executor, spinner, code, busy=node.inference_busy)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ ROS takes the same steps as `qsft-robot eval` in process. The node names the fra
 on its command_source topic; a command is applied once its values match that report for the current
 frame (a stop heartbeat in flight cannot be mistaken for the answer). With lockstep false the bridge
 steps on its own timer at rate_hz, as a real robot would.
+
+Exit status: 0 when every episode ran (lockstep), 1 otherwise: no node came up within node_timeout,
+more than max_resends frames in a row had to be sent again (the node does not answer), a callback
+failed, or a signal ended the run early (every wait also watches for the signal).
 """
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
 from geometry_msgs.msg import Twist  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -31,6 +34,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from qsft_robot.ros.image_conv import rgb_to_image_fields  # noqa: E402
 from qsft_robot.ros.profiles import RobotProfile  # noqa: E402
 from qsft_robot.sim.registry import make_task  # noqa: E402
+from qsft_robot_ros import runtime  # noqa: E402
 from qsft_robot_ros.policy_node import resolve_profile  # noqa: E402
 
 DEFAULTS = {"task": "base_goto", "seed": 0, "episodes": 1, "lockstep": True, "rate_hz": 5.0, "image_size": 64,
@@ -38,7 +42,8 @@ DEFAULTS = {"task": "base_goto", "seed": 0, "episodes": 1, "lockstep": True, "ra
             "command_source_topic": "/qsft/command_source", "instruction_topic": "/qsft/instruction",
             "state_topic": "",
             "status_topic": "/sim/status", "max_steps": 0,
-            "step_timeout": 5.0, "exit_when_done": False}
+            "step_timeout": 5.0, "max_resends": 100, "node_timeout": 60.0, "exit_when_done": False}
+EXIT_INCOMPLETE = 1
 
 
 class SimBridge(Node):
@@ -57,6 +62,7 @@ class SimBridge(Node):
         self.command = np.zeros(len(self.profile.scale))
         self.done = False
         self.success = False
+        self.crashed: str | None = None  # a callback raised: the spinner stopped, so lockstep gives up
         self.cond = threading.Condition()
         self.commands: list[tuple[float, np.ndarray]] = []  # (arrival, normalised action)
         self.sources: dict[int, dict] = {}                    # frame stamp (ns) -> what the node reported
@@ -117,31 +123,31 @@ class SimBridge(Node):
         self.publish_status()
 
     # ---- lockstep -----------------------------------------------------------------------------
-    def wait_for_node(self, timeout: float = 60.0) -> bool:
+    def wait_for_node(self, stopping: threading.Event) -> bool:
         """
-        Wait until the node subscribes to the camera and publishes commands.
+        Wait (at most node_timeout) until the node subscribes to the camera and publishes commands.
 
-        Then a little more, so that its side of discovery completes too.
+        Then a little more, so that its side of discovery completes too. False when stopped meanwhile.
         """
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and rclpy.ok():
+        end = time.monotonic() + float(self.p["node_timeout"])
+        while time.monotonic() < end and not stopping.is_set() and self.crashed is None:
             if (self.count_subscribers(self.p["image_topic"]) and self.count_publishers(self.p["command_topic"])
                     and self.count_publishers(self.p["command_source_topic"])):
-                time.sleep(0.5)
-                return True
-            time.sleep(0.05)
+                return not stopping.wait(0.5)
+            stopping.wait(0.05)
         return False
 
-    def answer(self, stamp_ns: int, published: float) -> np.ndarray | str | None:
+    def answer(self, stamp_ns: int, published: float, stopping: threading.Event) -> np.ndarray | str | None:
         """
         Return the command the node computed from the frame stamped stamp_ns, once it has arrived.
 
         "instruction" when the node acted on another instruction than this episode's (not received
-        yet), "state" when on another proprio state than this frame's; None after step_timeout.
+        yet), "state" when on another proprio state than this frame's; None after step_timeout or once
+        `stopping` is set (the wait wakes every 0.1 s to look).
         """
         end = published + float(self.p["step_timeout"])
         with self.cond:
-            while rclpy.ok():
+            while not stopping.is_set() and self.crashed is None:
                 src = self.sources.get(stamp_ns)
                 if src is not None and src.get("instruction") != self.env.instruction:
                     return "instruction"
@@ -157,29 +163,45 @@ class SimBridge(Node):
                 self.cond.wait(timeout=min(left, 0.1))
         return None
 
-    def run_lockstep(self, stopping: threading.Event) -> None:
-        if not self.wait_for_node():
-            self.get_logger().error("no policy node on the camera/command topics")
-            return
-        episodes, retries = int(self.p["episodes"]), 0
+    def run_lockstep(self, stopping: threading.Event) -> bool:
+        """Run the episodes; True when every one ran. The final /sim/status says how far it got and why."""
+        episodes, retries, in_a_row, max_resends = int(self.p["episodes"]), 0, 0, int(self.p["max_resends"])
+        if not self.wait_for_node(stopping):
+            why = "stopped" if stopping.is_set() else (
+                self.crashed or f"no policy node on the camera/command topics within {self.p['node_timeout']}s")
+            self.get_logger().error(f"lockstep not started: {why}")
+            self.publish_status(finished=True, successes=0, episodes=0, results=[], resends=0, aborted=why)
+            return False
         self.instr_pub.publish(String(data=self.env.instruction))
-        while self.episode < episodes and not stopping.is_set():
+        aborted = None
+        while self.episode < episodes:
+            if stopping.is_set() or self.crashed:
+                aborted = self.crashed or "stopped by a signal"
+                break
+            if in_a_row > max_resends:
+                aborted = f"more than max_resends={max_resends} frames in a row sent again (the node does not answer)"
+                break
             with self.cond:
                 self.commands.clear()
                 self.sources.clear()
             published = time.monotonic()
-            action = self.answer(self.publish_frame(), published)
+            action = self.answer(self.publish_frame(), published, stopping)
+            if stopping.is_set() or self.crashed:
+                continue
             if isinstance(action, str):  # the node acted on another instruction or state: send both again
                 if action == "instruction":
                     self.instr_pub.publish(String(data=self.env.instruction))
                 retries += 1
-                time.sleep(0.05)
+                in_a_row += 1
+                stopping.wait(0.05)
                 continue
             if action is None:  # lost frame or a slow node: the same observation again, freshly stamped
                 retries += 1
+                in_a_row += 1
                 self.get_logger().warning(f"no command within {self.p['step_timeout']}s; frame sent again",
                                           throttle_duration_sec=2.0)
                 continue
+            in_a_row = 0
             self.obs, _, term, trunc, info = self.env.step(action)
             self.success = bool(info["success"])
             self.done = term or trunc
@@ -195,45 +217,50 @@ class SimBridge(Node):
                     self.done = self.success = False
                     self.instr_pub.publish(String(data=self.env.instruction))
         n = sum(r["success"] for r in self.results)
-        self.get_logger().info(f"{self.p['task']}: success {n}/{len(self.results)} (lockstep, {retries} resends)")
+        # with a state topic, every applied command was computed from this frame's state (answer() checks)
+        state = f", proprio state on {self.p['state_topic']}" if self.state_pub is not None else ""
+        self.get_logger().info(
+            f"{self.p['task']}: success {n}/{len(self.results)} (lockstep, {retries} resends{state})")
+        if aborted:
+            self.get_logger().error(f"lockstep aborted after {len(self.results)}/{episodes} episodes: {aborted}")
         self.publish_status(finished=True, successes=n, episodes=len(self.results), results=self.results,
-                            resends=retries)
+                            resends=retries, **({"aborted": aborted} if aborted else {}))
+        return aborted is None
 
 
 def main(args=None) -> None:
-    import signal
-
-    from rclpy.signals import SignalHandlerOptions
-
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    stopping = runtime.init(args)
     node = SimBridge()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    code = 0
     # MuJoCo's EGL context belongs to the thread that first rendered (this one): every step and render
     # stays here; in lockstep a helper thread only delivers the messages
-    spinner = threading.Thread(target=executor.spin, daemon=True) if node.p["lockstep"] else None
+    spinner = None
     try:
-        if spinner is not None:
-            spinner.start()
-            node.run_lockstep(stopping)
-            if node.p["exit_when_done"]:
-                time.sleep(0.5)  # let the final status go out
+        if node.p["lockstep"]:
+            def crashed(reason: str) -> None:
+                with node.cond:
+                    node.crashed = reason
+                    node.cond.notify_all()
+
+            spinner = runtime.start_spinner(executor, crashed, node.get_logger())
+            code = 0 if node.run_lockstep(stopping) else EXIT_INCOMPLETE
+            if node.p["exit_when_done"] or node.crashed:
+                stopping.wait(0.5)  # let the final status go out
                 stopping.set()
             while not stopping.wait(0.2):  # short waits: the signal handlers run on this thread
-                pass
+                if not spinner.is_alive():
+                    code = EXIT_INCOMPLETE
+                    break
         else:
             while not stopping.is_set():
                 executor.spin_once(timeout_sec=0.1)
+    except Exception as e:  # noqa: BLE001 - a failed step or callback: say why, exit non-zero
+        node.get_logger().error(f"sim bridge failed: {type(e).__name__}: {e}")
+        code = EXIT_INCOMPLETE
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        if spinner is not None:
-            spinner.join(timeout=2.0)  # destroying the node under a spinning thread aborts the process
-        node.env.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        runtime.finish(node, executor, spinner, code, cleanup=node.env.close)
 
 
 if __name__ == "__main__":
