@@ -21,7 +21,9 @@ METHODS = ("sft", "filtered_bc", "qsft")
 # Q-SFT settings chosen on held-out eval seeds (5000+) of base_goto_red with seed 0's BC model (README,
 # Results: the backup ablation). Return-to-go targets: calibrated values that separate successful from
 # failed episodes' actions (train/value_probe.py), where the paper's max-of-ratios backup saturates at 1
-TUNED_Q = ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9", "algo.support_eps=0.05"]
+# return-to-go targets never look outside the logged bins, so acting keeps the DESIGN support threshold
+# (1e-4): a 5% one cut off the better mode's bins where pi_beta is flat (README: Algorithm notes)
+TUNED_Q = ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9"]
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", "qsft": "Q-SFT"}
 # every method's training settings (compact model, CPU budget); spec.overrides come after these
 BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50"]
@@ -62,11 +64,17 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
     base_sets = [*BASE_SETS, *spec.overrides]
     for task in spec.tasks:
         data = out / task / "dataset"
+        made_with = {"episodes": spec.episodes, "quality": spec.quality, "seed": 0, "image_size": 64}
+        spec_file = out / task / "dataset_spec.json"
         if not (data / "meta" / "info.json").is_file():
             eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64)
             write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
+            spec_file.write_text(json.dumps(made_with))
             data_success = float(np.mean([e.success for e in eps]))
-        else:  # reuse the dataset: its success rate from the episode metadata (no frames decoded)
+        else:  # reuse the dataset (and finished runs, which resume at their last step): same data only
+            if spec_file.is_file() and json.loads(spec_file.read_text()) != made_with:
+                raise ValueError(f"{data} was collected with {spec_file.read_text()}, not {made_with}: "
+                                 f"use another --out")
             from qsft_robot.data.lerobot import iter_lerobot
             data_success = float(np.mean([e.success for e in iter_lerobot(data, images=False)]))
         runs = {m: [] for m in METHODS}

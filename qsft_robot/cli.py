@@ -57,7 +57,8 @@ def cmd_eval(a) -> int:
     summaries = []
     for ckpt in a.checkpoints:
         label = Path(ckpt).name if len(a.checkpoints) > 1 else "policy"
-        s = evaluate(load_policy(ckpt, mode=a.mode), a.task, a.episodes, a.seed, a.num_envs, a.videos, a.out,
+        kw = {} if a.support_eps is None else {"support_eps": a.support_eps if a.support_eps > 0 else None}
+        s = evaluate(load_policy(ckpt, mode=a.mode, **kw), a.task, a.episodes, a.seed, a.num_envs, a.videos, a.out,
                      a.image_size, label=label)
         summaries.append(s)
         print(f"{label}: success {s['success_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "
@@ -120,7 +121,8 @@ def cmd_qvalues(a) -> int:
 def cmd_benchmark(a) -> int:
     from qsft_robot.benchmark import TUNED_Q, BenchSpec, format_markdown, run_benchmark
 
-    spec = BenchSpec(tasks=a.tasks, seeds=a.seeds, episodes=a.episodes, bc_steps=a.bc_steps, q_steps=a.q_steps,
+    spec = BenchSpec(tasks=a.tasks, seeds=a.seeds, episodes=a.episodes, quality=a.quality,
+                     bc_steps=a.bc_steps, q_steps=a.q_steps,
                      eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, overrides=a.overrides or [],
                      q_overrides=a.q_overrides if a.q_overrides is not None else list(TUNED_Q))
     res = run_benchmark(spec, a.out)
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
     p.add_argument("--task", default="arm_reach")
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--quality", default="mixed", help="expert | mixed | poor | biased")
+    p.add_argument("--quality", default="mixed", help="expert | mixed | poor | biased | stitch (sim/experts.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
@@ -159,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=10)
     p.add_argument("--videos", type=int, default=2)
     p.add_argument("--mode", choices=["argmax_q", "paper", "sft"])
+    p.add_argument("--support-eps", type=float, default=None,
+                   help="Q-SFT argmax_q: act only on bins pi_beta gives more than this (default: the checkpoint's "
+                        "algo.support_eps; 0: no restriction)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--out", default="outputs/eval")
     p.set_defaults(fn=cmd_eval)
@@ -184,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=["arm_reach_red", "base_goto_red"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--quality", default="biased",
+                   help="operator preset of the collected data: biased | stitch (see sim/experts.py) | mixed | poor")
     p.add_argument("--bc-steps", type=int, default=1000)
     p.add_argument("--q-steps", type=int, default=500)
     p.add_argument("--eval-episodes", type=int, default=50)

@@ -69,6 +69,7 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 32
+    sampling: str = "frame"         # frame (uniform) | episode (each episode equal weight; train/trainer.py)
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 50
@@ -200,6 +201,7 @@ def validate(cfg: RunConfig) -> None:
         ("algo.num_bins", cfg.algo.num_bins >= 2),
         ("train.batch_size", cfg.train.batch_size >= 1),
         ("train.schedule", cfg.train.schedule in ("cosine", "constant")),
+        ("train.sampling", cfg.train.sampling in ("frame", "episode")),
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),
         ("train.mixed_precision", cfg.train.mixed_precision in ("no", "bf16", "fp16")),
         ("train.device", cfg.train.device in ("auto", "cpu", "cuda")),

@@ -18,7 +18,7 @@ FULL = {"episodes": 200, "steps": 1000, "q_steps": 500, "eval_episodes": 50}
 QUICK = {"episodes": 40, "steps": 30, "q_steps": 15, "eval_episodes": 10}
 # what configs/demo.yaml says, applied when no --config is given (an installed package has no configs/)
 RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=base_goto_red", "algo.num_bins=32",
-          "train.lr=0.001", "algo.support_eps=0.05", "data.end_is_terminal=true", "algo.target=return_to_go",
+          "train.lr=0.001", "data.end_is_terminal=true", "algo.target=return_to_go",
           "algo.gamma=0.9"]
 
 

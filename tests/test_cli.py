@@ -31,7 +31,7 @@ def test_collect_train_eval_inspect(tmp_path):
     run("train", "--data", str(ds), "--out", str(tmp_path / "run"), "--set", "train.steps=2",
         "--set", "train.batch_size=4", "--set", "algo.num_bins=16")
     ev = run("eval", str(tmp_path / "run"), "--episodes", "2", "--num-envs", "2", "--videos", "1",
-             "--out", str(tmp_path / "ev"))
+             "--support-eps", "0", "--out", str(tmp_path / "ev"))
     assert "success" in ev.stdout
     res = json.loads((tmp_path / "ev" / "eval_policy_arm_reach.json").read_text())
     assert res["episodes"] == 2 and 0 <= res["success_rate"] <= 1

@@ -20,8 +20,24 @@ def test_dataset_model_mismatch_is_caught_before_step_one(tmp_path, episodes):
     from qsft_robot.config import ConfigError
 
     Trainer(cfg_for(tmp_path, steps=2), episodes).train()
+    base = collect_episodes("base_goto", 2, "mixed", seed=0, image_size=64)  # 2 action dims, not the arm's 4
     with pytest.raises(ConfigError, match="action dims"):
-        Trainer(cfg_for(tmp_path, steps=4, **{"algo.num_bins": 8}), episodes)
+        Trainer(cfg_for(tmp_path, steps=4), base)
+
+
+def test_resume_refuses_other_settings_and_reuses_a_finished_run(tmp_path, episodes):
+    from qsft_robot.config import ConfigError
+
+    done = Trainer(cfg_for(tmp_path, steps=2), episodes).train()
+    stamp = (done / "trainer_state.pt").stat().st_mtime_ns
+    # the error names every changed setting, old and new value; nothing on disk changes
+    with pytest.raises(ConfigError, match=r"algo.gamma: 0.95 -> 0.5; algo.num_bins: 16 -> 8"):
+        Trainer(cfg_for(tmp_path, steps=4, **{"algo.num_bins": 8, "algo.gamma": 0.5}), episodes)
+    assert list_checkpoints(tmp_path)[-1] == done
+    # running a finished run again returns its checkpoint without training or rewriting it
+    again = Trainer(cfg_for(tmp_path, steps=2, **{"train.log_every": 5}), episodes)  # logging may change
+    assert again.step == 2 and again.train() == done
+    assert (done / "trainer_state.pt").stat().st_mtime_ns == stamp
 
 
 def cfg_for(tmp, algo="qsft", steps=4, **extra):
@@ -228,3 +244,15 @@ def test_acting_honours_the_support_the_targets_used(tmp_path, episodes):
     free = load_policy(ckpt, support_eps=None)
     free.adapter.model = pol.adapter.model
     assert (free.act_tokens(imgs, instr, states) != chosen).any()  # without the mask theta's choice differs
+
+
+def test_episode_sampling_weights_every_episode_equally():
+    """train.sampling=episode: a 30-frame failure and a 5-frame success are drawn equally often."""
+    from qsft_robot.train.trainer import batch_indices, sampling_probs
+    episode = np.r_[np.zeros(30, int), np.ones(5, int)]
+    assert sampling_probs(episode, "frame") is None
+    probs = sampling_probs(episode, "episode")
+    np.testing.assert_allclose([probs[:30].sum(), probs[30:].sum()], [0.5, 0.5])
+    draws = np.concatenate([batch_indices(0, s, len(episode), 64, probs) for s in range(50)])
+    assert abs((draws >= 30).mean() - 0.5) < 0.05            # uniform frames would give 5/35 = 0.14
+    np.testing.assert_array_equal(batch_indices(3, 7, 35, 8, probs), batch_indices(3, 7, 35, 8, probs))

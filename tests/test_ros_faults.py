@@ -132,11 +132,14 @@ def test_first_command_from_rest_and_after_a_stop_is_slew_limited(domain, probe)
     try:
         assert probe.wait_for("/qsft/status", timeout=30)
         t0 = time.monotonic()
-        t_end = probe.stream(5.0, hz=20, rgb=RED, until=lambda: any(abs(m.linear.x - 0.5) < 1e-9 for t, m in probe.msgs["/qsft/preview"] if t > t0))
+        def full_speed_since(t_from: float) -> bool:
+            return any(abs(m.linear.x - 0.5) < 1e-9 for t, m in probe.msgs["/qsft/preview"] if t > t_from)
+
+        t_end = probe.stream(5.0, hz=20, rgb=RED, until=lambda: full_speed_since(t0))
         # camera silent: the watchdog stops the robot
         assert probe.wait_for("/qsft/status", lambda s: s["state"] == "stale", timeout=5, since=t_end)
         t_resume = time.monotonic()
-        probe.stream(5.0, hz=20, rgb=RED, until=lambda: any(abs(m.linear.x - 0.5) < 1e-9 for t, m in probe.msgs["/qsft/preview"] if t > t_resume))
+        probe.stream(5.0, hz=20, rgb=RED, until=lambda: full_speed_since(t_resume))
     finally:
         stop(proc)
     cmds = probe.msgs["/qsft/preview"]

@@ -22,11 +22,16 @@ class Quality:
     # the robot at the start: a language-blind operator's systematic mistake, so that in the logs the
     # *most common* action at the start of an episode is the wrong one, which is where BC fails)
     wrong_choice: str = "random"
+    # probability the operator changes its mind once, between 15% and 45% of the time limit: from the
+    # right object to the wrong one (a failure whose first part is good behaviour) or back (a success
+    # with a detour). Filtering on success throws the first kind away and copies the detours; a value
+    # function can keep the good first parts, which is what offline RL's "stitching" is about
+    switch: float = 0.0
 
     @classmethod
     def preset(cls, name: str) -> "Quality":
         presets = {"expert": cls(0.05, 0.0, 0.0), "mixed": cls(0.3, 0.45, 0.2), "poor": cls(0.6, 0.7, 0.3),
-                   "biased": cls(0.2, 0.6, 0.0, "nearest")}
+                   "biased": cls(0.2, 0.6, 0.0, "nearest"), "stitch": cls(0.2, 0.6, 0.0, "nearest", 0.5)}
         if name not in presets:
             raise ValueError(f"unknown quality {name!r}; choose from {sorted(presets)}")
         return presets[name]
@@ -42,6 +47,7 @@ class ScriptedExpert:
         self.aim = ""
         self.aim_goal = ""
         self.stop_at = None
+        self.switch_at = None
         self.phase = 0
 
     def reset(self) -> dict:
@@ -58,8 +64,23 @@ class ScriptedExpert:
                 self.aim = self.rng.choice(others)
         stops = self.rng.random() < q.early_stop
         self.stop_at = int(self.rng.integers(2, max(3, env.max_steps // 2))) if stops else None
+        switches = q.switch > 0 and self.rng.random() < q.switch  # no draw otherwise: older presets' data stays
+        self.switch_at = int(self.rng.integers(int(0.15 * env.max_steps), int(0.45 * env.max_steps) + 1)) \
+            if switches else None
         self.phase = 0
-        return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None}
+        return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None,
+                "switch": self.switch_at is not None}
+
+    def _switch(self) -> None:
+        """Change of mind: right object -> the wrong one nearest the robot now, or wrong -> right."""
+        env = self.env
+        names = BLOCKS if isinstance(env, ArmTask) else CONES
+        if self.aim == env.target:
+            others = [n for n in names if n != env.target]
+            self.aim = min(others, key=lambda n: float(np.linalg.norm(self._pos(n)[:2] - self._start_xy())))
+        else:
+            self.aim = env.target
+        self.phase = 0
 
     def _pos(self, name: str) -> np.ndarray:
         return self.env.block_pos(name) if isinstance(self.env, ArmTask) else self.env.cone_pos(name)
@@ -69,6 +90,8 @@ class ScriptedExpert:
 
     def act(self) -> np.ndarray:
         env = self.env
+        if self.switch_at is not None and env.t == self.switch_at:
+            self._switch()
         if self.stop_at is not None and env.t >= self.stop_at:
             a = np.zeros(env.action_dim)
             if isinstance(env, ArmTask):

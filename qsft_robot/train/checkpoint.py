@@ -67,6 +67,29 @@ def latest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
+# settings a resumed run may change: how long it runs and how it saves, logs, evaluates and where it reads
+# from; everything else (model, algorithm, data semantics, optimiser) would make the resumed weights
+# a mix of two experiments
+RESUMABLE_CHANGES = {"train.steps", "train.save_every", "train.keep_last", "train.log_every", "train.num_workers",
+                     "train.tensorboard", "train.eval_every", "train.device", "train.out_dir", "data.path",
+                     "data.feature_cache", "model.path", "eval", "collect", "reward_rule"}
+
+
+def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """'key: saved -> now' for every setting that differs between a checkpoint's config and this run's."""
+    changes = []
+    for key in sorted(set(saved) | set(now)):
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, f"{name}.")
+        elif a != b:
+            changes.append(f"{name}: {a!r} -> {b!r}")
+    return changes
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its newest valid checkpoint)."""
     path = Path(path)

@@ -27,16 +27,37 @@ from qsft_robot.data.transitions import Transitions, build_transitions
 from qsft_robot.models.families import freeze_vision_encoder
 from qsft_robot.models.tiny_vlm import build_tiny_vlm, instruction_words
 from qsft_robot.models.vlm_adapter import VLMAdapter
-from qsft_robot.train.checkpoint import latest_valid_checkpoint, resolve_checkpoint, save_checkpoint
+from qsft_robot.train.checkpoint import config_changes, latest_valid_checkpoint, resolve_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "loss", "q_loss", "bc_loss", "mean_target", "frac_saturated", "mean_p_data", "pi_entropy",
               "q_success", "q_failure", "lr", "step_time", "eval_success"]
 
 
-def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
-    """The batch of a step is a pure function of (seed, step): resume needs no loader state."""
-    return np.random.default_rng([seed, step]).integers(0, n, size=batch_size)
+def batch_indices(seed: int, step: int, n: int, batch_size: int, probs: np.ndarray | None = None) -> np.ndarray:
+    """The batch of a step is a pure function of (seed, step): resume needs no loader state.
+    `probs` (n,): per-transition sampling probabilities (train.sampling=episode); uniform when None."""
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, n, size=batch_size) if probs is None else rng.choice(n, size=batch_size, p=probs)
+
+
+def sampling_probs(episode: np.ndarray, mode: str) -> np.ndarray | None:
+    """train.sampling: "frame" (uniform over transitions) or "episode" (every episode the same total
+    probability, spread over its frames).
+
+    Why "episode": in mixed-quality logs the failures are the long episodes (a time-out runs the full
+    limit, a success stops when it is done: 30 vs ~5 steps on arm_reach_red), so uniform frames give
+    the Q model batches of ~90% failed-episode frames, most of them the robot idling at the wrong
+    object. Weighting by episode rather than by frame is the trajectory weighting of Hong et al.,
+    "Harnessing Mixed Offline RL Datasets via Trajectory Weighting" (ICLR 2023) with equal weights.
+    """
+    if mode == "frame":
+        return None
+    if mode != "episode":
+        raise ConfigError(f"train.sampling must be 'frame' or 'episode', got {mode!r}")
+    _, inverse, counts = np.unique(episode, return_inverse=True, return_counts=True)
+    p = 1.0 / counts[inverse]
+    return p / p.sum()
 
 
 def _identity(x):
@@ -46,14 +67,16 @@ def _identity(x):
 class StepBatches(torch.utils.data.Dataset):
     """Item k = the frames of training step start + k, read from the image store (for workers)."""
 
-    def __init__(self, data: Transitions, seed: int, batch_size: int, start: int, end: int):
+    def __init__(self, data: Transitions, seed: int, batch_size: int, start: int, end: int,
+                 probs: np.ndarray | None = None):
         self.data, self.seed, self.batch_size, self.start, self.end = data, seed, batch_size, start, end
+        self.probs = probs
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __getitem__(self, k: int):
-        idx = batch_indices(self.seed, self.start + k, len(self.data), self.batch_size)
+        idx = batch_indices(self.seed, self.start + k, len(self.data), self.batch_size, self.probs)
         return idx, self.data.images[idx], self.data.images[self.data.next_index[idx]]
 
 
@@ -165,7 +188,8 @@ class Trainer:
         if cfg.algo.behavior_init:
             self._check_behavior_init()
         found = latest_valid_checkpoint(self.run_dir)
-        if found is not None:  # resuming: keep the statistics the weights were trained with
+        if found is not None:  # resuming: same experiment only, and the statistics the weights were trained with
+            self._check_resume_config(found[0])
             saved = ActionTokenizer.load(found[0] / "action_tokenizer.json")
             if saved.bins != self.tokenizer.bins:
                 raise ConfigError(f"run {self.run_dir} was trained on {saved.num_dims} action dims with bins "
@@ -175,6 +199,7 @@ class Trainer:
         self.data: Transitions = build_transitions(episodes, self.tokenizer, cfg.algo.gamma, cfg.data.reward,
                                                    cfg.data.cameras or None, images=store,
                                                    end_is_terminal=cfg.data.end_is_terminal)
+        self.sample_probs = sampling_probs(self.data.episode, cfg.train.sampling)
         with self.accelerator.main_process_first():
             self.model, self.processor = build_models(cfg, self.run_dir, episodes, self.tokenizer)
         self.model.to(self.accelerator.device)
@@ -190,6 +215,7 @@ class Trainer:
         elif self.qsft:
             self.behavior = copy.deepcopy(self.model)
             self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.resumed_from = found[0] if found is not None else None
         if found is not None:
             self._resume_weights(found[0])
         self.fsdp = cfg.train.distributed == "fsdp" and self.world > 1
@@ -274,6 +300,17 @@ class Trainer:
         logger.info("LoRA rank %d: %d adapter parameters over a frozen base of %d", m.lora_rank, n_train, n_base)
 
     # ---- resume -------------------------------------------------------------------------------
+    def _check_resume_config(self, ckpt: Path) -> None:
+        """Refuse to continue a run under other settings: the result would belong to neither config."""
+        import yaml
+        saved_file = ckpt / "qsft_config.yaml"
+        if not saved_file.is_file():
+            return  # written by every checkpoint since the first release; nothing to compare against
+        changes = config_changes(yaml.safe_load(saved_file.read_text()) or {}, to_dict(self.cfg))
+        if changes:
+            raise ConfigError(f"{self.run_dir} holds a run with other settings ({'; '.join(changes)}): resume it "
+                              f"with its own config, or use a new train.out_dir")
+
     def _resume_weights(self, ckpt: Path) -> None:
         def load(model, sub):
             if hasattr(model, "load_adapter_weights"):  # LoRA view
@@ -305,7 +342,7 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def batch_indices(self, step: int) -> np.ndarray:
-        return batch_indices(self.cfg.train.seed, step, len(self.data), self.cfg.train.batch_size)
+        return batch_indices(self.cfg.train.seed, step, len(self.data), self.cfg.train.batch_size, self.sample_probs)
 
     def _inputs(self, idx, images=None):
         d = self.data
@@ -497,7 +534,8 @@ class Trainer:
                        disable=not main)
             last = None
             prefetch = iter(torch.utils.data.DataLoader(
-                StepBatches(self.data, cfg.train.seed, cfg.train.batch_size, self.step, cfg.train.steps),
+                StepBatches(self.data, cfg.train.seed, cfg.train.batch_size, self.step, cfg.train.steps,
+                            self.sample_probs),
                 batch_size=None, num_workers=cfg.train.num_workers, collate_fn=_identity,
                 prefetch_factor=2 if cfg.train.num_workers else None)) if cfg.train.num_workers > 0 else None
             probe = None
@@ -540,6 +578,8 @@ class Trainer:
         if probe is not None:
             from qsft_robot.train.value_probe import plot_values
             plot_values(log_path, self.run_dir / "values.png")
+        if last is None and self.resumed_from is not None and self.resumed_from.name == f"step-{self.step:08d}":
+            return self.resumed_from  # a finished run asked to run again: nothing new to save
         return last if last is not None else self.checkpoint()
 
 
