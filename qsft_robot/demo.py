@@ -48,8 +48,8 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str 
         t1 = time.perf_counter()
         sets = [f"data.path={data_dir}", f"algo.name={algo}", f"train.out_dir={out / algo}",
                 f"train.steps={size['steps'] if algo == 'sft' else size['q_steps']}"]
-        if algo == "qsft":
-            sets.append(f"algo.behavior_init={sft_ckpt}")
+        if algo == "qsft":  # on top of the BC model, with episode-weighted batches (as the benchmark's Q-SFT)
+            sets += [f"algo.behavior_init={sft_ckpt}", "train.sampling=episode"]
         cfg = load_config(config, [*sets, *overrides])
         from qsft_robot.train.trainer import train
         ckpt = train(cfg)

@@ -34,6 +34,14 @@ def test_resume_refuses_other_settings_and_reuses_a_finished_run(tmp_path, episo
     with pytest.raises(ConfigError, match=r"algo.gamma: 0.95 -> 0.5; algo.num_bins: 16 -> 8"):
         Trainer(cfg_for(tmp_path, steps=4, **{"algo.num_bins": 8, "algo.gamma": 0.5}), episodes)
     assert list_checkpoints(tmp_path)[-1] == done
+    # a checkpoint from before a setting existed resumes while that setting keeps its default
+    import yaml
+    saved = yaml.safe_load((done / "qsft_config.yaml").read_text())
+    del saved["train"]["sampling"]
+    (done / "qsft_config.yaml").write_text(yaml.safe_dump(saved))
+    assert Trainer(cfg_for(tmp_path, steps=2), episodes).step == 2
+    with pytest.raises(ConfigError, match="train.sampling: None -> 'episode'"):
+        Trainer(cfg_for(tmp_path, steps=2, **{"train.sampling": "episode"}), episodes)
     # running a finished run again returns its checkpoint without training or rewriting it
     again = Trainer(cfg_for(tmp_path, steps=2, **{"train.log_every": 5}), episodes)  # logging may change
     assert again.step == 2 and again.train() == done

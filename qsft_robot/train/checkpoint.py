@@ -75,16 +75,23 @@ RESUMABLE_CHANGES = {"train.steps", "train.save_every", "train.keep_last", "trai
                      "data.feature_cache", "model.path", "eval", "collect", "reward_rule"}
 
 
-def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """'key: saved -> now' for every setting that differs between a checkpoint's config and this run's."""
+def config_changes(saved: dict, now: dict, defaults: dict | None = None, prefix: str = "") -> list[str]:
+    """'key: saved -> now' for every setting that differs between a checkpoint's config and this run's.
+
+    A key the checkpoint does not have (a setting added in a later release) counts as unchanged while
+    this run keeps its default (`defaults`: the config dataclasses' values), which is what the older
+    code did."""
     changes = []
+    defaults = defaults or {}
     for key in sorted(set(saved) | set(now)):
         name = f"{prefix}{key}"
         if name in RESUMABLE_CHANGES:
             continue
-        a, b = saved.get(key), now.get(key)
+        a, b, d = saved.get(key), now.get(key), defaults.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changes += config_changes(a, b, f"{name}.")
+            changes += config_changes(a, b, d if isinstance(d, dict) else {}, f"{name}.")
+        elif key not in saved and key in defaults and b == d:
+            continue
         elif a != b:
             changes.append(f"{name}: {a!r} -> {b!r}")
     return changes

@@ -306,7 +306,8 @@ class Trainer:
         saved_file = ckpt / "qsft_config.yaml"
         if not saved_file.is_file():
             return  # written by every checkpoint since the first release; nothing to compare against
-        changes = config_changes(yaml.safe_load(saved_file.read_text()) or {}, to_dict(self.cfg))
+        changes = config_changes(yaml.safe_load(saved_file.read_text()) or {}, to_dict(self.cfg),
+                                 to_dict(RunConfig()))
         if changes:
             raise ConfigError(f"{self.run_dir} holds a run with other settings ({'; '.join(changes)}): resume it "
                               f"with its own config, or use a new train.out_dir")
