@@ -59,7 +59,7 @@ class ScriptedExpert:
         if wrong:
             others = [n for n in names if n != env.target]
             if q.wrong_choice == "nearest":
-                self.aim = min(others, key=lambda n: float(np.linalg.norm(self._pos(n)[:2] - self._start_xy())))
+                self.aim = self._nearest_other()
             else:
                 self.aim = self.rng.choice(others)
         stops = self.rng.random() < q.early_stop
@@ -73,14 +73,15 @@ class ScriptedExpert:
 
     def _switch(self) -> None:
         """Change of mind: right object -> the wrong one nearest the robot now, or wrong -> right."""
+        self.aim = self._nearest_other() if self.aim == self.env.target else self.env.target
+        self.phase = 0
+
+    def _nearest_other(self) -> str:
+        """The distractor closest to the robot now: a language-blind operator's choice."""
         env = self.env
         names = BLOCKS if isinstance(env, ArmTask) else CONES
-        if self.aim == env.target:
-            others = [n for n in names if n != env.target]
-            self.aim = min(others, key=lambda n: float(np.linalg.norm(self._pos(n)[:2] - self._start_xy())))
-        else:
-            self.aim = env.target
-        self.phase = 0
+        others = [n for n in names if n != env.target]
+        return min(others, key=lambda n: float(np.linalg.norm(self._pos(n)[:2] - self._start_xy())))
 
     def _pos(self, name: str) -> np.ndarray:
         return self.env.block_pos(name) if isinstance(self.env, ArmTask) else self.env.cone_pos(name)
