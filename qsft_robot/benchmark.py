@@ -2,7 +2,7 @@
 
 Per task: collect one dataset (scripted operators, ~40% successful episodes), then for every
 training seed train BC ("sft") and filtered BC on it, and Q-SFT with pi_beta = that seed's BC model
-(frozen, DESIGN §2.3's frozen variant; theta and theta_bar start from it), and evaluate every policy in
+(frozen, docs/design.md §2.3's frozen variant; theta and theta_bar start from it), and evaluate every policy in
 closed loop on the same held-out episode seeds. Output: a markdown table (mean success over seeds,
 per-seed numbers, Wilson 95% interval over all pooled episodes), a PNG chart and a JSON file.
 """
@@ -16,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from qsft_robot.config import ALGORITHMS
+
 logger = logging.getLogger(__name__)
-METHODS = ("sft", "filtered_bc", "qsft")
+METHODS = tuple(sorted(ALGORITHMS, key=lambda a: a == "qsft"))  # in training order: Q-SFT needs the BC run
 # Q-SFT settings chosen on held-out eval seeds (5000+) of base_goto_red with seed 0's BC model (README,
 # Results: the backup ablation). Return-to-go targets: calibrated values that separate successful from
 # failed episodes' actions (train/value_probe.py), where the paper's max-of-ratios backup saturates at 1
-# return-to-go targets never look outside the logged bins, so acting keeps the DESIGN support threshold
+# return-to-go targets never look outside the logged bins, so acting keeps the support threshold of docs/design.md §2.4
 # (1e-4): a 5% one cut off the better mode's bins where pi_beta is flat (README: Algorithm notes).
 # Episode-weighted batches: failures run the whole time limit, so uniform frames are mostly failures
-# (arm_reach_red held-out: 0.00 -> 0.64; train/trainer.py sampling_probs)
+# (arm_reach_red held-out: 0.00 -> 0.64; data/sampling.py sampling_probs)
 TUNED_Q = ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9", "train.sampling=episode"]
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", "qsft": "Q-SFT"}
 # every method's training settings (compact model, CPU budget); spec.overrides come after these
@@ -43,13 +45,15 @@ class BenchSpec:
     eval_seed: int = 1000           # held-out: data uses seeds from 0, tuning used 5000+
     overrides: list = field(default_factory=list)    # applied to every run, e.g. algo.num_bins=32
     q_overrides: list = field(default_factory=lambda: list(TUNED_Q))  # Q-SFT only
+    config: str = ""                # YAML config every run starts from ("": the defaults)
 
 
-def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list) -> tuple[Path, float]:
+def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list,
+           config: str = "") -> tuple[Path, float]:
     from qsft_robot.config import load_config
     from qsft_robot.train.trainer import train
     t = time.perf_counter()
-    cfg = load_config(None, [f"data.path={data}", f"algo.name={algo}", f"train.out_dir={out}",
+    cfg = load_config(config or None, [f"data.path={data}", f"algo.name={algo}", f"train.out_dir={out}",
                              f"train.steps={steps}", f"train.seed={seed}", f"train.save_every={steps}",
                              "train.keep_last=1", "train.tensorboard=false", *sets])
     return train(cfg), time.perf_counter() - t
@@ -57,7 +61,7 @@ def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list) 
 
 def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
     from qsft_robot.algo.policy import load_policy
-    from qsft_robot.data.lerobot import write_lerobot_v30
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
     from qsft_robot.sim.collect import FPS, collect_episodes
     from qsft_robot.sim.evaluate import evaluate, wilson_interval
 
@@ -77,17 +81,18 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
             if spec_file.is_file() and json.loads(spec_file.read_text()) != made_with:
                 raise ValueError(f"{data} was collected with {spec_file.read_text()}, not {made_with}: "
                                  f"use another --out")
-            from qsft_robot.data.lerobot import iter_lerobot
-            data_success = float(np.mean([e.success for e in iter_lerobot(data, images=False)]))
+            from qsft_robot.data.sources import open_dataset
+            data_success = float(np.mean([e.success for e in open_dataset(data).iter_episodes(images=False)]))
         runs = {m: [] for m in METHODS}
         for seed in spec.seeds:
             run = out / task / f"seed{seed}"
             ckpts = {}
-            ckpts["sft"], t_sft = _train(data, run / "sft", "sft", spec.bc_steps, seed, base_sets)
+            ckpts["sft"], t_sft = _train(data, run / "sft", "sft", spec.bc_steps, seed, base_sets, spec.config)
             ckpts["filtered_bc"], t_fbc = _train(data, run / "filtered_bc", "filtered_bc", spec.bc_steps, seed,
-                                                 base_sets)
+                                                 base_sets, spec.config)
             ckpts["qsft"], t_q = _train(data, run / "qsft", "qsft", spec.q_steps, seed,
-                                        [*base_sets, f"algo.behavior_init={ckpts['sft']}", *spec.q_overrides])
+                                        [*base_sets, f"algo.behavior_init={ckpts['sft']}", *spec.q_overrides],
+                                        spec.config)
             for m, t in zip(METHODS, (t_sft, t_fbc, t_q)):
                 s = evaluate(load_policy(ckpts[m]), task, episodes=spec.eval_episodes, seed=spec.eval_seed,
                              num_envs=10, videos=1 if seed == spec.seeds[0] else 0, out_dir=run / "eval",

@@ -1,4 +1,10 @@
-"""The `qsft-robot` command: collect, train, eval, demo, benchmark, qvalues, data inspect."""
+"""The `qsft-robot` command: collect, train, eval, demo, benchmark, qvalues, data inspect.
+
+Every command that runs something reads one config (config.py): defaults < `--config FILE.yaml` <
+`--set key=value` < the command's own flags, which are shorthands for config keys (`collect --task X`
+is `--set collect.task=X`). Choices (algorithms, acting modes, data formats) come from the config's
+declarations.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from qsft_robot.config import RunConfig, choices
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# command-line flag -> the config key it sets, per command
+COLLECT_FLAGS = {"task": "collect.task", "episodes": "collect.episodes", "quality": "collect.quality",
+                 "seed": "collect.seed", "image_size": "collect.image_size", "workers": "collect.workers"}
+TRAIN_FLAGS = {"data": "data.path", "algo": "algo.name", "out": "train.out_dir"}
+EVAL_FLAGS = {"task": "eval.task", "episodes": "eval.episodes", "seed": "eval.seed", "num_envs": "eval.num_envs",
+              "videos": "eval.videos", "mode": "eval.mode", "image_size": "model.image_size"}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -20,12 +35,35 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set train.steps=500 (repeatable)")
 
 
+def _flag_args(p: argparse.ArgumentParser, flags: dict, helps: dict | None = None) -> None:
+    """One option per flag of `flags`, typed, with choices and default named from its config key."""
+    import typing
+
+    from qsft_robot.config import describe
+
+    for flag, key in flags.items():
+        typ, default = describe(key)
+        kw = {"choices": typing.get_args(typ)} if typing.get_origin(typ) is typing.Literal else \
+            {"type": typ if typ in (int, float) else str}
+        extra = (helps or {}).get(flag, f" (default {default})")
+        p.add_argument("--" + flag.replace("_", "-"), help=f"{key}{extra}", **kw)
+
+
+def _load(a, flags: dict):
+    """The run's config: --config, then --set, then the flags given (those left at None are not)."""
+    from qsft_robot.config import load_config
+
+    given = [f"{key}={getattr(a, flag)}" for flag, key in flags.items() if getattr(a, flag, None) is not None]
+    return load_config(a.config, [*a.overrides, *getattr(a, "assignments", []), *given])
+
+
 def cmd_collect(a) -> int:
-    from qsft_robot.data.lerobot import write_lerobot_v30
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
     from qsft_robot.sim.collect import FPS, collect_episodes
 
-    eps = collect_episodes(a.task, a.episodes, a.quality, a.seed, a.image_size, a.workers)
-    path = write_lerobot_v30(eps, a.out, fps=FPS, robot_type=a.task)
+    c = _load(a, COLLECT_FLAGS).collect
+    eps = collect_episodes(c.task, c.episodes, c.quality, c.seed, c.image_size, c.workers)
+    path = write_lerobot_v30(eps, a.out, fps=FPS, robot_type=c.task)
     if a.hdf5:
         from qsft_robot.data.hdf5_io import write_robomimic
         write_robomimic(eps, a.hdf5)
@@ -35,31 +73,43 @@ def cmd_collect(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from qsft_robot.config import load_config
     from qsft_robot.train.trainer import train
 
-    overrides = list(a.overrides)
-    if a.data:
-        overrides.append(f"data.path={a.data}")
-    if a.algo:
-        overrides.append(f"algo.name={a.algo}")
-    if a.out:
-        overrides.append(f"train.out_dir={a.out}")
-    cfg = load_config(a.config, overrides)
-    print(f"checkpoint: {train(cfg)}")
+    cfg = _load(a, TRAIN_FLAGS)
+    print(f"checkpoint: {train(cfg, eval_hook=closed_loop_eval_hook(cfg))}")
     return 0
+
+
+def closed_loop_eval_hook(cfg):
+    """train.eval_every > 0: the trainer's eval hook, closed-loop success in the sim task eval.task."""
+    if cfg.train.eval_every <= 0:
+        return None
+    from qsft_robot.sim.evaluate import evaluate
+
+    e = cfg.eval
+
+    def hook(policy, step: int) -> float:
+        return evaluate(policy, e.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs, videos=0,
+                        out_dir=Path(cfg.train.out_dir) / "eval", image_size=cfg.model.image_size,
+                        max_steps=e.max_steps, label=f"step{step}")["success_rate"]
+    return hook
 
 
 def cmd_eval(a) -> int:
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.sim.evaluate import evaluate, plot_success
 
+    cfg = _load(a, EVAL_FLAGS)
+    e = cfg.eval
+    # eval.mode when asked for (--mode, or a value other than its default); otherwise every checkpoint acts
+    # as its algorithm does (argmax_q for Q-SFT, sft for the BC baselines)
+    mode = e.mode if a.mode is not None or e.mode != RunConfig().eval.mode else None
     summaries = []
     for ckpt in a.checkpoints:
         label = Path(ckpt).name if len(a.checkpoints) > 1 else "policy"
         kw = {} if a.support_eps is None else {"support_eps": a.support_eps if a.support_eps > 0 else None}
-        s = evaluate(load_policy(ckpt, mode=a.mode, **kw), a.task, a.episodes, a.seed, a.num_envs, a.videos, a.out,
-                     a.image_size, label=label)
+        s = evaluate(load_policy(ckpt, mode=mode, beta=e.beta, **kw), e.task, e.episodes, e.seed, e.num_envs,
+                     e.videos, a.out, cfg.model.image_size, max_steps=e.max_steps, label=label)
         summaries.append(s)
         print(f"{label}: success {s['success_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "
               f"return {s['mean_return']:.2f} length {s['mean_length']:.1f} over {s['episodes']} episodes")
@@ -78,7 +128,7 @@ def cmd_demo(a) -> int:
 def cmd_inspect(a) -> int:
     from qsft_robot.data.inspect import inspect_dataset
 
-    report = inspect_dataset(a.path)
+    report = inspect_dataset(a.path, a.format, a.instruction)
     print(json.dumps(report, indent=2) if a.json else report["text"])
     return 1 if report["problems"] and a.strict else 0
 
@@ -90,8 +140,8 @@ def cmd_qvalues(a) -> int:
     pol = load_policy(a.checkpoint)
     logged = None
     if a.data:
-        from qsft_robot.data.lerobot import iter_lerobot
-        for i, ep in enumerate(iter_lerobot(a.data)):
+        from qsft_robot.data.sources import open_dataset
+        for i, ep in enumerate(open_dataset(a.data).iter_episodes()):
             if i == a.episode:
                 break
         else:
@@ -122,7 +172,7 @@ def cmd_benchmark(a) -> int:
     from qsft_robot.benchmark import TUNED_Q, BenchSpec, format_markdown, run_benchmark
 
     spec = BenchSpec(tasks=a.tasks, seeds=a.seeds, episodes=a.episodes, quality=a.quality,
-                     bc_steps=a.bc_steps, q_steps=a.q_steps,
+                     bc_steps=a.bc_steps, q_steps=a.q_steps, config=a.config or "",
                      eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, overrides=a.overrides or [],
                      q_overrides=a.q_overrides if a.q_overrides is not None else list(TUNED_Q))
     res = run_benchmark(spec, a.out)
@@ -130,44 +180,39 @@ def cmd_benchmark(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qsft-robot", description=__doc__)
-    ap.add_argument("--log-level", default="INFO")
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _add_collect(sub) -> None:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
-    p.add_argument("--task", default="arm_reach")
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--quality", default="mixed", help="expert | mixed | poor | biased | stitch (sim/experts.py)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1)
+    _config_args(p)
+    _flag_args(p, COLLECT_FLAGS, {"quality": " (default mixed): expert | mixed | poor | biased | stitch, "
+                                             "sim/experts.py"})
     p.add_argument("--out", required=True)
     p.add_argument("--hdf5", help="also write a robomimic-layout HDF5 file here")
     p.set_defaults(fn=cmd_collect)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train Q-SFT (default) or a BC baseline on a dataset")
     _config_args(p)
-    p.add_argument("--data", help="LeRobot folder or HDF5 file (data.path)")
-    p.add_argument("--algo", choices=["qsft", "sft", "filtered_bc"])
-    p.add_argument("--out", help="run folder (train.out_dir); an existing run resumes")
+    _flag_args(p, TRAIN_FLAGS, {"data": ": any format `data inspect` reads, found without data.format",
+                                "out": ": the run folder; an existing run resumes"})
+    p.add_argument("assignments", nargs="*", metavar="KEY=VALUE", help="the same as --set KEY=VALUE")
     p.set_defaults(fn=cmd_train)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="closed-loop success rate in MuJoCo")
+    _config_args(p)
     p.add_argument("checkpoints", nargs="+", help="checkpoint or run folders")
-    p.add_argument("--task", default="arm_reach")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--num-envs", type=int, default=10)
-    p.add_argument("--videos", type=int, default=2)
-    p.add_argument("--mode", choices=["argmax_q", "paper", "sft"])
+    _flag_args(p, EVAL_FLAGS, {"mode": " (default: as the checkpoint's algorithm acts)",
+                               "image_size": " (default 64): the rendered frame size"})
     p.add_argument("--support-eps", type=float, default=None,
                    help="Q-SFT argmax_q: act only on bins pi_beta gives more than this (default: the checkpoint's "
                         "algo.support_eps; 0: no restriction)")
-    p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--out", default="outputs/eval")
     p.set_defaults(fn=cmd_eval)
 
+
+def _add_demo_and_qvalues(sub) -> None:
     p = sub.add_parser("demo", help="collect -> train Q-SFT and SFT -> evaluate, on the embedded default")
     _config_args(p)
     p.add_argument("--quick", action="store_true", help="~2 minute smoke version")
@@ -178,13 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--task", default="arm_reach", help="sim frame: this task at --seed, --frame policy steps in")
     p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--data", help="or a LeRobot dataset frame (--episode, --frame)")
+    p.add_argument("--data", help="or a dataset frame (--episode, --frame; any format data inspect reads)")
     p.add_argument("--episode", type=int, default=0)
     p.add_argument("--frame", type=int, default=0)
     p.add_argument("--instruction", default="", help="override the instruction")
     p.add_argument("--out", default="outputs/qvalues.png")
     p.set_defaults(fn=cmd_qvalues)
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
     p.add_argument("--tasks", nargs="+", default=["arm_reach_red", "base_goto_red"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -196,19 +243,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--eval-seed", type=int, default=1000,
                    help="first evaluation episode seed (1000: the reported runs; tune on others, e.g. 5000)")
+    p.add_argument("--config", help="YAML config every run starts from (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="every run")
     p.add_argument("--q-set", dest="q_overrides", action="append", metavar="KEY=VALUE",
                    help="Q-SFT runs only (replaces the tuned defaults)")
     p.add_argument("--out", default="outputs/offline_rl")
     p.set_defaults(fn=cmd_benchmark)
 
+
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    q = dsub.add_parser("inspect", help="episodes, frames, cameras, action stats, rewards, problems")
+    q = dsub.add_parser("inspect", help="format, episodes, frames, cameras, action stats, rewards, problems")
     q.add_argument("path")
+    q.add_argument("--format", default="auto", choices=choices("data.format"),
+                   help="data.format (default auto: detected from the files)")
+    q.add_argument("--instruction", default="", help="data.instruction, for logs without language (ALOHA)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--strict", action="store_true", help="exit 1 when problems are found")
     q.set_defaults(fn=cmd_inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qsft-robot", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log-level", default="INFO")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_add_collect, _add_train, _add_eval, _add_demo_and_qvalues, _add_benchmark, _add_data):
+        add(sub)
     return ap
 
 
@@ -219,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from qsft_robot.config import ConfigError
     from qsft_robot.data.episode import DatasetError
-    from qsft_robot.train.checkpoint import CheckpointError
+    from qsft_robot.checkpoint import CheckpointError
 
     try:
         return args.fn(args)

@@ -1,10 +1,16 @@
-"""Dataclass configs loaded from YAML, with `--set a.b=c` overrides; errors name the offending key."""
+"""Dataclass configs loaded from YAML, with `--set a.b=c` overrides; errors name the offending key.
+
+Every choice is declared once, as a `Literal` type on its field (the algorithms and acting modes as
+named aliases, below): loading checks values against it, and the CLI's `choices` and the code that
+dispatches on a value read the same declaration (`choices("eval.mode")`).
+"""
 from __future__ import annotations
 
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -13,19 +19,27 @@ class ConfigError(ValueError):
     pass
 
 
+Algorithm = Literal["qsft", "sft", "filtered_bc"]      # algo.name
+ActingMode = Literal["argmax_q", "paper", "sft"]       # eval.mode, the ROS node's mode (docs/design.md §2.6)
+DataFormatName = Literal["auto", "lerobot", "robomimic", "aloha", "hdf5"]  # data.format (data/sources.py)
+ALGORITHMS: tuple[str, ...] = typing.get_args(Algorithm)
+ACTING_MODES: tuple[str, ...] = typing.get_args(ActingMode)
+DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormatName)
+
+
 @dataclass
 class ModelConfig:
     # "tiny": the compact default (ImageNet EfficientNet-Lite0 tower + a small Llama, built offline);
     # "tiny_scratch": the same with the earlier CLIP-style tower trained from scratch (comparison only);
     # "pretrained": a local HF folder (model.path)
-    preset: str = "tiny"
+    preset: Literal["tiny", "tiny_scratch", "pretrained"] = "tiny"
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
     image_size: int = 64
     patch_size: int = 16            # tiny_scratch: vision patch size ((image_size/patch_size)^2 image tokens)
     output_stride: int = 16         # tiny: EfficientNet feature map stride (4, 8, 16, 32); 16 -> 4x4 tokens at 64 px
-    image_position: str = "first"   # first | after_instruction (image tokens after the question)
+    image_position: Literal["first", "after_instruction"] = "first"  # after_instruction: after the question
     use_state: bool = True          # proprio state as text in the prompt
-    token_mapping: str = "added_tokens"  # or "least_used" (OpenVLA)
+    token_mapping: Literal["added_tokens", "least_used"] = "added_tokens"  # least_used: OpenVLA
     dtype: str = "float32"
     # train projector + language model only (LLaVA-1.5's recipe; see models/families.py). With the tiny
     # preset's pretrained tower frozen, image features are computed once per frame and cached
@@ -37,16 +51,16 @@ class ModelConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "qsft"              # qsft | sft | filtered_bc
+    name: Algorithm = "qsft"
     gamma: float = 0.95
     polyak_alpha: float = 0.005
     support_eps: float = 1e-4
-    next_value: str = "max"         # max (DESIGN §2.4) | expectation | expectile (in-sample; algo/qsft.py)
+    next_value: Literal["max", "expectation", "expectile"] = "max"  # docs/design.md §2.4; algo/qsft.py
     expectile: float = 0.9          # tau of next_value=expectile (0.5: expectation, -> 1: max over the support)
-    target: str = "bellman"         # bellman | return_to_go (w = the logged discounted return G_t: Q of pi_beta)
+    target: Literal["bellman", "return_to_go"] = "bellman"  # return_to_go: w = logged return G_t
     mc_lower_bound: bool = False    # w = max(Bellman target, logged discounted return-to-go); see algo/qsft.py
-    leftover: str = "dummy"         # dummy | uniform (see README: why dummy is the default)
-    behavior: str = "joint"         # joint | frozen (train pi_beta first, then freeze)
+    leftover: Literal["dummy", "uniform"] = "dummy"  # docs/design.md §2.5: why dummy is the default
+    behavior: Literal["joint", "frozen"] = "joint"  # frozen: train pi_beta first, then freeze
     behavior_steps: int = 0         # steps of pi_beta pre-training when behavior=frozen
     behavior_init: str = ""         # a BC (sft) checkpoint/run: pi_beta = it, frozen; theta, theta_bar start from it
     num_bins: int = 256
@@ -56,7 +70,7 @@ class AlgoConfig:
 @dataclass
 class DataConfig:
     path: str = ""
-    format: str = "auto"            # auto | lerobot | hdf5
+    format: DataFormatName = "auto"  # auto: detected (data/sources.py); hdf5: robomimic or ALOHA
     reward: str = "auto"            # auto | success | reward | python:module:function
     cameras: list = field(default_factory=list)  # empty: all cameras in the dataset
     instruction: str = ""           # for logs without language (ALOHA HDF5)
@@ -69,11 +83,11 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 32
-    sampling: str = "frame"         # frame (uniform) | episode (each episode equal weight; train/trainer.py)
+    sampling: Literal["frame", "episode"] = "frame"  # episode: each episode equal weight (data/sampling.py)
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 50
-    schedule: str = "cosine"        # cosine | constant
+    schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 1.0
     seed: int = 0
     out_dir: str = "runs/default"
@@ -82,9 +96,9 @@ class TrainConfig:
     log_every: int = 25
     num_workers: int = 0
     grad_accum: int = 1             # micro-batches per optimizer step (per process)
-    mixed_precision: str = "no"     # no | bf16 | fp16 (GPU; accelerate autocast, or FSDP's MixedPrecisionPolicy)
-    distributed: str = "ddp"        # ddp | fsdp (shard theta, pi_beta, theta_bar over the processes)
-    device: str = "auto"            # auto | cpu | cuda
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # GPU: accelerate autocast or FSDP policy
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # fsdp: shard theta, pi_beta, theta_bar over the processes
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = True
     eval_every: int = 0             # >0: closed-loop success in sim (eval.task, eval.episodes) every N steps
 
@@ -95,7 +109,7 @@ class EvalConfig:
     episodes: int = 20
     seed: int = 1000
     num_envs: int = 10
-    mode: str = "argmax_q"          # argmax_q | paper | sft
+    mode: ActingMode = "argmax_q"
     beta: float = 1.0
     videos: int = 2
     max_steps: int = 0              # 0: the task's own limit
@@ -123,6 +137,15 @@ class RunConfig:
 
 def _coerce(value, typ, key):
     origin = typing.get_origin(typ) or typ
+    if origin is Literal:
+        allowed = typing.get_args(typ)
+        if isinstance(value, bool) and not any(isinstance(x, bool) for x in allowed):
+            # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the keys that accept such words
+            # (train.mixed_precision: no) mean the word itself
+            value = "yes" if value else "no"
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
     if origin in (list, dict):
         if isinstance(value, str):
             value = yaml.safe_load(value)
@@ -140,13 +163,37 @@ def _coerce(value, typ, key):
             return value
         raise ConfigError(f"config key '{key}': expected a boolean, got {value!r}")
     if typ is str and isinstance(value, bool):
-        # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the string keys that accept such words
-        # (train.mixed_precision: no) mean the word itself
-        return "yes" if value else "no"
+        return "yes" if value else "no"  # as for Literal keys above
     try:
         return typ(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from e
+
+
+def _field_types(obj, prefix: str = "") -> dict:
+    """'section.key' -> declared type, for every leaf field of a config dataclass."""
+    out = {}
+    for name, typ in typing.get_type_hints(type(obj)).items():
+        cur = getattr(obj, name)
+        if dataclasses.is_dataclass(cur):
+            out.update(_field_types(cur, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = typ
+    return out
+
+
+def choices(key: str) -> tuple:
+    """The values a choice key accepts, from its Literal declaration (e.g. choices("algo.name"))."""
+    typ = _field_types(RunConfig()).get(key)
+    if typing.get_origin(typ) is not Literal:
+        raise KeyError(f"config key '{key}' is not a choice")
+    return typing.get_args(typ)
+
+
+def describe(key: str) -> tuple:
+    """(declared type, default value) of a config key such as "eval.episodes"."""
+    section, name = key.split(".")
+    return _field_types(RunConfig())[key], getattr(getattr(RunConfig(), section), name)
 
 
 def _fill(obj, data: dict, prefix: str = ""):
@@ -189,25 +236,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(cfg: RunConfig) -> None:
+    for key, typ in _field_types(cfg).items():  # every choice key, also on a config built in code
+        if typing.get_origin(typ) is Literal:
+            section, name = key.split(".")
+            _coerce(getattr(getattr(cfg, section), name), typ, key)
     checks = [
-        ("algo.name", cfg.algo.name in ("qsft", "sft", "filtered_bc")),
-        ("algo.leftover", cfg.algo.leftover in ("dummy", "uniform")),
-        ("algo.behavior", cfg.algo.behavior in ("joint", "frozen")),
-        ("algo.next_value", cfg.algo.next_value in ("max", "expectation", "expectile")),
         ("algo.expectile", 0.0 < cfg.algo.expectile < 1.0),
-        ("algo.target", cfg.algo.target in ("bellman", "return_to_go")),
         ("algo.gamma", 0.0 <= cfg.algo.gamma <= 1.0),
         ("algo.polyak_alpha", 0.0 < cfg.algo.polyak_alpha <= 1.0),
         ("algo.num_bins", cfg.algo.num_bins >= 2),
         ("train.batch_size", cfg.train.batch_size >= 1),
-        ("train.schedule", cfg.train.schedule in ("cosine", "constant")),
-        ("train.sampling", cfg.train.sampling in ("frame", "episode")),
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),
-        ("train.mixed_precision", cfg.train.mixed_precision in ("no", "bf16", "fp16")),
-        ("train.device", cfg.train.device in ("auto", "cpu", "cuda")),
-        ("train.distributed", cfg.train.distributed in ("ddp", "fsdp")),
-        ("eval.mode", cfg.eval.mode in ("argmax_q", "paper", "sft")),
-        ("model.preset", cfg.model.preset in ("tiny", "tiny_scratch", "pretrained")),
         ("model.output_stride", cfg.model.output_stride in (4, 8, 16, 32)),
     ]
     for key, ok in checks:

@@ -25,7 +25,7 @@ RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=bas
 def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str | None = None,
              overrides: list[str] | None = None) -> dict:
     from qsft_robot.algo.policy import load_policy
-    from qsft_robot.data.lerobot import write_lerobot_v30
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
     from qsft_robot.sim.collect import FPS, collect_episodes
     from qsft_robot.sim.evaluate import evaluate, plot_success
 

@@ -136,7 +136,7 @@ def q_star(mdp: TokenMDP, iters: int = 2000) -> np.ndarray:
 
 
 def qsft_fixed_point(mdp: TokenMDP, leftover: str, eps: float = 1e-4, iters: int = 3000) -> np.ndarray:
-    """Exact fixed point p* of the expected Q-SFT update (DESIGN §2.4-2.5), true P and pi_beta.
+    """Exact fixed point p* of the expected Q-SFT update (docs/design.md §2.4-2.5), true P and pi_beta.
 
     Expected loss at token state x is minimised by p(c) = pi(c) w(c) + sum_{b != c} pi(b)(1-w(b))/(B-1)
     (uniform) or p(c) = pi(c) w(c), p(dummy) = 1 - sum pi w (dummy); w is the expected clipped target.

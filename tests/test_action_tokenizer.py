@@ -58,3 +58,11 @@ def test_vocab_mapping_added_and_least_used(tmp_path):
     tok2.assign_vocab(hf_tok, mapping="least_used", token_counts=counts)
     assert len(tok2.vocab_ids) == 4 and len(hf_tok) == n0 + 16
     assert not set(tok2.vocab_ids) & set(hf_tok.all_special_ids)
+    # without counts (OpenVLA's last ids), never an added or special id: in real VLM tokenizers those
+    # are the image-layout tokens, which must keep their meaning
+    hf_tok.add_tokens(["<image>", "<row_1_col_1>"], special_tokens=True)
+    tok3 = ActionTokenizer(low=[0.0], high=[1.0], bins=[8])
+    tok3.assign_vocab(hf_tok, mapping="least_used")
+    reserved = set(hf_tok.get_added_vocab().values()) | set(hf_tok.all_special_ids)
+    assert len(tok3.vocab_ids) == 8 and not set(tok3.vocab_ids) & reserved
+    assert max(tok3.vocab_ids) < hf_tok.vocab_size

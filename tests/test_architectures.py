@@ -1,6 +1,11 @@
 """Every supported VLM family (real HF classes from small configs) trains a Q-SFT step and decodes."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +35,12 @@ def _adapter(path, two_cams=False):
     model, proc = VLMAdapter.from_pretrained(path)
     tok = ActionTokenizer.fit(rng.uniform(-1, 1, (500, 3)), 12)
     VLMAdapter.add_action_vocab(model, proc, tok)
+    torch.manual_seed(0)  # the rows below must not depend on which models were built before
     with torch.no_grad():  # distinct action-token rows, so greedy decoding is not a tie at bin 0
         emb = model.get_input_embeddings().weight
+        if model.get_output_embeddings().weight is emb:  # tied (PaliGemma): untie, in memory only, so the
+            # large output rows are not also the inputs that would then decide every later dimension
+            model.get_output_embeddings().weight = torch.nn.Parameter(emb.detach().clone())
         emb[torch.as_tensor(tok.vocab_ids)] = torch.randn(len(tok.vocab_ids), emb.shape[1]) * 0.5
         out = model.get_output_embeddings().weight
         out[torch.as_tensor(tok.vocab_ids)] = torch.randn(len(tok.vocab_ids), out.shape[1]) * 2.0
@@ -45,17 +54,86 @@ def _inputs(n=3, cams=1, seed=1):
             rng.normal(size=(n, 4)).round(2))
 
 
+@contextlib.contextmanager
+def no_transformers_deprecations():
+    """Deprecation notices from transformers become test failures, so the next release's removal of an
+    API the decoder uses is caught here, not by a user. transformers reports them two ways: FutureWarning
+    (`deprecate_kwarg`, e.g. `past_key_values` -> `cache`) and its logger's `warning_once`, whose memo
+    is cleared first (a notice already logged earlier in the session would otherwise stay silent)."""
+    from transformers.utils import logging as hf_logging
+
+    seen: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            if "deprecat" in record.getMessage().lower():
+                seen.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    hf_logger = logging.getLogger("transformers")
+    hf_logging.warning_once.cache_clear()
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            yield
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not seen, f"transformers logged deprecations: {seen}"
+
+
+def _step_logits_agree(ad, images, instr, state, cache_implementation="dynamic"):
+    """The cached scorer's logits at every dimension equal the uncached scorer's (not just the argmax)."""
+    from qsft_robot.models.vlm_adapter import _CachedScorer, _UncachedScorer
+    batch = ad.encode(images, instr, state)
+    ids = ad.logit_ids
+    cached = _CachedScorer(ad.model, ids, batch, ad.num_dims, cache_implementation)
+    plain = _UncachedScorer(ad.model, ids, batch, ad.num_dims)
+    prev = None
+    for _ in range(ad.num_dims):
+        a, b = cached.logits(prev), plain.logits(prev)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        prev = ad.bin_token_ids[a[:, :-1].argmax(-1)]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch):
+    """Cached decode (DynamicCache, and StaticCache) = uncached = the teacher-forced argmax, with no
+    transformers deprecation on the way (padding included: the three prompts differ in length)."""
     ad = _adapter(built[arch])
     images, instr, state = _inputs()
-    cached = ad.decode(images, instr, state, use_cache=True)
-    plain = ad.decode(images, instr, state, use_cache=False)
+    with no_transformers_deprecations(), torch.no_grad():
+        cached = ad.decode(images, instr, state, use_cache=True)
+        plain = ad.decode(images, instr, state, use_cache=False)
+        _step_logits_agree(ad, images, instr, state)
+        _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at the steps
+        ad.cache_implementation = "static"
+        static = ad.decode(images, instr, state, use_cache=True)
+        _step_logits_agree(ad, images, instr, state, "static")
     np.testing.assert_array_equal(cached, plain)
+    np.testing.assert_array_equal(static, plain)
     assert len(np.unique(cached)) > 1, "degenerate decode: the test would not see a wrong cache"
     # the greedy tokens are the argmax of the teacher-forced logits at every dimension
     tf = ad.teacher_forced_logits(ad.model, images, instr, state, cached, with_dummy=True)
     np.testing.assert_array_equal(tf[..., :-1].argmax(-1).numpy(), cached)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_two_model_modes_cached_equal_uncached(built, arch):
+    """paper and support-restricted argmax_q run theta and pi_beta, each with its own cache; sft runs
+    pi_beta alone. Cached = uncached in each, without deprecations."""
+    ad = _adapter(built[arch])
+    behavior = copy.deepcopy(ad.model)
+    with torch.no_grad():
+        for p in behavior.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    images, instr, state = _inputs()
+    with no_transformers_deprecations():
+        for mode, eps in (("paper", None), ("argmax_q", 0.05), ("sft", None)):
+            kw = dict(mode=mode, behavior_model=behavior, support_eps=eps)
+            np.testing.assert_array_equal(ad.decode(images, instr, state, use_cache=True, **kw),
+                                          ad.decode(images, instr, state, use_cache=False, **kw))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -69,11 +147,14 @@ def test_two_cameras_and_left_padding_do_not_change_a_row(built, arch):
     torch.testing.assert_close(together[2:], alone, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("algo", ["qsft", "sft"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_qsft_step_save_load_identical_logits(tmp_path, built, episodes, arch):
+def test_train_steps_save_load_identical_logits(tmp_path, built, episodes, arch, algo):
+    """Q-SFT and SFT train (weights move, stay finite) on each family; the checkpoint reloads through
+    `from_pretrained` to the same logits and acts with the cached decoder."""
     cfg = load_config(None, ["model.preset=pretrained", f"model.path={built[arch]}", f"train.out_dir={tmp_path}",
-                             "train.steps=2", "train.batch_size=4", "algo.num_bins=8", "train.save_every=2",
-                             "train.warmup_steps=1", "train.tensorboard=false"])
+                             f"algo.name={algo}", "train.steps=2", "train.batch_size=4", "algo.num_bins=8",
+                             "train.save_every=2", "train.warmup_steps=1", "train.tensorboard=false"])
     tr = Trainer(cfg, episodes)
     before = torch.cat([p.detach().flatten() for p in tr.model.parameters()]).clone()
     ckpt = tr.train()
@@ -85,16 +166,18 @@ def test_qsft_step_save_load_identical_logits(tmp_path, built, episodes, arch):
     instr = [e.instruction for e in episodes]
     state = np.stack([e.state[0] for e in episodes])
     toks = tr.data.tokens[:len(episodes)]
-    a = tr.adapter.teacher_forced_logits(tr.model.eval(), images, instr, state, toks, with_dummy=True)
-    b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=True)
+    a = tr.adapter.teacher_forced_logits(tr.model.eval(), images, instr, state, toks, with_dummy=algo == "qsft")
+    b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=algo == "qsft")
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert pol.act(images[:, None], instr, state).shape == (len(episodes), 4)
+    with no_transformers_deprecations():
+        assert pol.act(images[:, None], instr, state).shape == (len(episodes), 4)
 
 
 @pytest.mark.parametrize("algo", ["qsft", "sft"])
-def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, algo):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, arch, algo):
     """theta / pi_beta / theta_bar as LoRA adapters over one frozen base (one copy of the base)."""
-    cfg = load_config(None, ["model.preset=pretrained", f"model.path={built['llava']}", "model.lora_rank=4",
+    cfg = load_config(None, ["model.preset=pretrained", f"model.path={built[arch]}", "model.lora_rank=4",
                              f"algo.name={algo}", f"train.out_dir={tmp_path}", "train.steps=3",
                              "train.batch_size=4", "algo.num_bins=8", "train.save_every=2", "train.warmup_steps=1",
                              "train.tensorboard=false", "train.lr=0.01"])
@@ -124,9 +207,10 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, algo):
     a = tr.adapter.teacher_forced_logits(tr.model.eval(), images, instr, state, toks, with_dummy=algo == "qsft")
     b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=algo == "qsft")
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    if algo == "qsft":
+    with no_transformers_deprecations():  # the views switch adapters between the two models' cached steps
+        kw = dict(mode=pol.mode, behavior_model=pol.behavior_model, support_eps=pol.support_eps)
         np.testing.assert_array_equal(pol.act_tokens(images[:, None], instr, state),
-                                      pol.adapter.decode(images[:, None], instr, state, use_cache=False))
+                                      pol.adapter.decode(images[:, None], instr, state, use_cache=False, **kw))
     # resume restores the adapters exactly
     tr2 = Trainer(cfg, episodes)
     assert tr2.step == 3
@@ -162,3 +246,64 @@ def test_freeze_vision_trains_projector_and_language_model_only(tmp_path, built,
     assert all(torch.equal(named[n], p) for n, p in frozen.items()), "the frozen encoder changed"
     assert sum(not torch.equal(named[n], p) for n, p in rest.items()) > len(rest) // 2
     assert not any(p.requires_grad for p in vision_encoder(tr.behavior).parameters())  # pi_beta is frozen too
+
+
+@pytest.mark.parametrize("preset,arch", [("configs/model_smolvlm2_local.yaml", "smolvlm"),
+                                         ("configs/model_qwen2_5_vl_local.yaml", "qwen2_5_vl")])
+def test_backbone_presets_train_and_act(tmp_path, built, episodes, preset, arch):
+    """Each backbone preset, as shipped (bf16, added action tokens, LoRA for Qwen2.5-VL),
+    with model.path pointed at its family's small config instead of the real download: one Q-SFT step,
+    then the checkpoint acts through the cached decoder without deprecations."""
+    from pathlib import Path
+
+    from qsft_robot.algo.policy import load_policy
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / preset, [f"model.path={built[arch]}", f"train.out_dir={tmp_path}", "train.steps=1",
+                                      "train.batch_size=4", "algo.num_bins=8", "train.save_every=1",
+                                      "train.warmup_steps=1", "train.tensorboard=false"])
+    assert cfg.model.preset == "pretrained" and cfg.model.dtype == "bfloat16"
+    ckpt = Trainer(cfg, episodes).train()
+    pol = load_policy(ckpt)
+    assert pol.adapter.family == arch
+    images = np.stack([e.images["wrist"][0] for e in episodes])
+    with no_transformers_deprecations():
+        actions = pol.act(images[:, None], [e.instruction for e in episodes], np.stack([e.state[0] for e in episodes]))
+    assert actions.shape == (len(episodes), 4) and np.isfinite(actions).all()
+
+
+@pytest.mark.parametrize("arch", ["llava", "smolvlm", "qwen2_vl"])
+def test_frozen_encoder_is_shared_and_runs_once(built, arch):
+    """theta and pi_beta with bit-identical (frozen) image encoders get one encoder module, and acting
+    within pi_beta's support then encodes each frame once; a differing encoder is never shared."""
+    from qsft_robot.models.families import share_vision_encoder, vision_encoder
+
+    ad = _adapter(built[arch])
+    behavior = copy.deepcopy(ad.model)
+    enc_ids = {id(p) for p in vision_encoder(behavior).parameters()}
+    with torch.no_grad():
+        for p in behavior.parameters():
+            if id(p) not in enc_ids:
+                p.add_(torch.randn_like(p) * 0.05)
+    other = copy.deepcopy(behavior)
+    with torch.no_grad():
+        next(vision_encoder(other).parameters()).add_(1e-3)
+    assert not share_vision_encoder(ad.model, other)
+    assert not share_vision_encoder(ad.model, copy.deepcopy(behavior).to(torch.bfloat16))  # same values, not dtype
+    assert vision_encoder(other) is not vision_encoder(ad.model)
+    assert share_vision_encoder(ad.model, behavior) and vision_encoder(behavior) is vision_encoder(ad.model)
+    runs = []
+    inner = next(m for m in vision_encoder(ad.model).modules() if not list(m.children()))  # a leaf: real compute
+    handle = inner.register_forward_hook(lambda *a: runs.append(1))
+    images, instr, state = _inputs()
+    kw = dict(mode="argmax_q", behavior_model=behavior, support_eps=0.05)
+    with no_transformers_deprecations():
+        cached = ad.decode(images, instr, state, use_cache=True, **kw)
+        once = len(runs)
+        plain = ad.decode(images, instr, state, use_cache=False, **kw)
+    handle.remove()
+    np.testing.assert_array_equal(cached, plain)
+    per_encoding = (len(runs) - once) // (2 * ad.num_dims)   # uncached: every model and dimension encodes
+    if arch != "smolvlm":   # the model hands the batch's pixel tensor to the encoder as is: reused
+        assert once == per_encoding
+    else:                 # SmolVLM2 reshapes/casts it first: a new tensor, recomputed (never a stale result)
+        assert once == 2 * per_encoding

@@ -8,8 +8,9 @@ import pytest
 
 from lerobot_fixtures import build_aloha, build_v21, build_v30
 from qsft_robot.data.episode import DatasetError
-from qsft_robot.data.hdf5_io import read_hdf5
-from qsft_robot.data.lerobot import read_lerobot
+from qsft_robot.data.hdf5_io import read_aloha, read_robomimic
+from qsft_robot.data.lerobot_reader import read_lerobot
+from qsft_robot.data.sources import open_dataset
 
 
 def close(a, b, tol=4.0):
@@ -87,7 +88,7 @@ def test_nan_frames_dropped_with_count_when_opted_in(tmp_path, caplog):
 def test_aloha(tmp_path, compress):
     imgs, qpos, action = build_aloha(tmp_path / "episode_0.hdf5", compress=compress)
     build_aloha(tmp_path / "episode_1.hdf5", compress=compress)
-    eps = read_hdf5(tmp_path, instruction="fold the towel")
+    eps = open_dataset(tmp_path, instruction="fold the towel").episodes()
     assert len(eps) == 2 and eps[0].instruction == "fold the towel"
     np.testing.assert_array_equal(eps[0].actions, action)
     np.testing.assert_array_equal(eps[0].state, qpos)
@@ -101,7 +102,7 @@ def test_aloha(tmp_path, compress):
 def test_aloha_missing_camera(tmp_path):
     build_aloha(tmp_path / "e.hdf5")
     with pytest.raises(DatasetError, match="cam_low"):
-        read_hdf5(tmp_path / "e.hdf5", image_keys=["cam_low"])
+        read_aloha(tmp_path / "e.hdf5", image_keys=["cam_low"])
 
 
 def test_empty_episode_is_named(tmp_path):
@@ -136,11 +137,11 @@ def test_robomimic_layout_built_by_hand(tmp_path):
             g.create_dataset("rewards", data=np.r_[np.zeros(T - 1), float(i != 1)])
             g.create_dataset("dones", data=np.r_[np.zeros(T - 1), 1].astype(np.int64))
         f.create_dataset("mask/valid", data=np.array([b"demo_2"]))
-    eps = read_hdf5(tmp_path / "low_dim.hdf5", instruction="lift the cube")
+    eps = open_dataset(tmp_path / "low_dim.hdf5", instruction="lift the cube").episodes()
     assert [len(e) for e in eps] == [5, 3, 4]
     assert [e.success for e in eps] == [True, False, True]
     assert eps[0].images["agentview"].shape == (5, 16, 16, 3) and eps[0].instruction == "lift the cube"
-    valid = read_hdf5(tmp_path / "low_dim.hdf5", split="valid")
+    valid = read_robomimic(tmp_path / "low_dim.hdf5", split="valid")
     assert len(valid) == 1 and len(valid[0]) == 4
 
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from qsft_robot.data.episode import DatasetError, Episode
-from qsft_robot.data.hdf5_io import read_hdf5, write_robomimic
-from qsft_robot.data.lerobot import read_lerobot, write_lerobot_v30
+from qsft_robot.data.hdf5_io import write_robomimic
+from qsft_robot.data.lerobot_reader import read_lerobot
+from qsft_robot.data.lerobot_writer import write_lerobot_v30
+from qsft_robot.data.sources import open_dataset
 
 
 def make_episodes(n=3, T=6, seed=0):
@@ -46,7 +48,7 @@ def test_lerobot_v30_round_trip(tmp_path):
 def test_hdf5_round_trip(tmp_path):
     eps = make_episodes()
     write_robomimic(eps, tmp_path / "d.hdf5")
-    back = read_hdf5(tmp_path / "d.hdf5")
+    back = open_dataset(tmp_path / "d.hdf5").episodes()
     for a, b in zip(eps, back):
         np.testing.assert_array_equal(a.images["front"], b.images["front"])
         np.testing.assert_array_equal(a.actions, b.actions)
@@ -95,4 +97,4 @@ def test_hdf5_missing_keys(tmp_path):
     with h5py.File(tmp_path / "bad.hdf5", "w") as f:
         f.create_dataset("data/demo_0/obs/front_image", data=np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(DatasetError, match="demo_0.*actions"):
-        read_hdf5(tmp_path / "bad.hdf5")
+        open_dataset(tmp_path / "bad.hdf5").episodes()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qsft_robot.data.lerobot import write_lerobot_v30
+from qsft_robot.data.lerobot_writer import write_lerobot_v30
 from qsft_robot.sim.collect import collect_episodes
 
 COMMON = ["--set", "algo.num_bins=16", "--set", "train.batch_size=8", "--set", "train.tensorboard=false",

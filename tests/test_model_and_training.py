@@ -7,7 +7,7 @@ import torch
 
 from qsft_robot.config import load_config
 from qsft_robot.sim.collect import collect_episodes
-from qsft_robot.train.checkpoint import list_checkpoints
+from qsft_robot.checkpoint import list_checkpoints
 from qsft_robot.train.trainer import Trainer
 
 
@@ -130,7 +130,7 @@ def test_frozen_behavior_is_trained_first_then_cached(tmp_path, episodes):
     assert not torch.equal(theta0, params(tr.model))
     # the cache holds exactly what the frozen model computes
     idx = np.arange(3)
-    imgs, instr, st = tr._inputs(idx)
+    imgs, instr, st = tr.data.inputs(idx)
     live = tr.adapter.teacher_forced_logits(tr.behavior, imgs, instr, st, tr.data.tokens[idx], with_dummy=False)
     assert torch.allclose(live, tr.pi_cache[idx].float(), atol=2e-2)
 
@@ -147,8 +147,10 @@ def test_grad_accumulation_matches_the_full_batch(tmp_path, episodes):
 def test_periodic_eval_hook_logs_closed_loop_success(tmp_path, episodes):
     import csv
 
+    from qsft_robot.cli import closed_loop_eval_hook
+
     cfg = cfg_for(tmp_path, algo="sft", steps=2, **{"train.eval_every": 2, "eval.episodes": 2, "eval.num_envs": 2})
-    Trainer(cfg, episodes).train()
+    Trainer(cfg, episodes, eval_hook=closed_loop_eval_hook(cfg)).train()
     rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
     evals = [r for r in rows if r["eval_success"]]
     assert len(evals) == 1 and 0.0 <= float(evals[0]["eval_success"]) <= 1.0
@@ -256,7 +258,7 @@ def test_acting_honours_the_support_the_targets_used(tmp_path, episodes):
 
 def test_episode_sampling_weights_every_episode_equally():
     """train.sampling=episode: a 30-frame failure and a 5-frame success are drawn equally often."""
-    from qsft_robot.train.trainer import batch_indices, sampling_probs
+    from qsft_robot.data.sampling import batch_indices, sampling_probs
     episode = np.r_[np.zeros(30, int), np.ones(5, int)]
     assert sampling_probs(episode, "frame") is None
     probs = sampling_probs(episode, "episode")

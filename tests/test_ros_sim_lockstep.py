@@ -24,9 +24,9 @@ COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
 
 
 def closed_loop_through_ros(profile: str, timeout: float, node_args: dict, bridge_args: dict,
-                            preview_type=None) -> tuple[dict, float, str]:
+                            preview_type=None) -> tuple[dict, float, str, str]:
     """Policy node + lockstep sim bridge as two processes on a fresh ROS domain, until the bridge reports
-    it has finished: (its final /sim/status, seconds taken, the node's output)."""
+    it has finished: (its final /sim/status, seconds taken, the node's output, the bridge's output)."""
     domain = next_domain()
     probe = Probe(domain, **({"preview_type": preview_type} if preview_type else {}))
     sim_profile = str(PKG / "config" / "sim" / f"{profile}.yaml")
@@ -39,10 +39,10 @@ def closed_loop_through_ros(profile: str, timeout: float, node_args: dict, bridg
         t_ros = time.monotonic() - t1
         final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
     finally:
-        stop(bridge)
+        bridge_out = stop(bridge)
         out = stop(node)
         probe.close()
-    return final, t_ros, out
+    return final, t_ros, out, bridge_out
 
 
 @pytest.mark.parametrize("profile", ["arm", "base"])
@@ -63,7 +63,7 @@ def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     ref = evaluate(ColorSeekPolicy(dim), task, EPISODES, SEEDS, num_envs=10, videos=0)
     t_ref = time.monotonic() - t0
 
-    final, t_ros, out = closed_loop_through_ros(
+    final, t_ros, out, bridge_out = closed_loop_through_ros(
         profile, 180, dict(policy="color_seek", command_topic=COMMAND_TOPIC[profile], max_image_age=2.0),
         # a frame whose command went missing is re-sent after 1 s (default 5 s): a lost command then costs
         # little time on a loaded machine, and a re-sent frame never changes the trajectory (lockstep)
@@ -76,6 +76,9 @@ def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     report(f"{task} x{EPISODES} (seeds {SEEDS}..) color_seek: ROS lockstep {final['successes']}/{final['episodes']} "
            f"in {t_ros:.1f}s, in process {ref_succ}/{EPISODES} in {t_ref:.1f}s; same episode length on "
            f"{same}/{EPISODES} seeds; {final['resends']} frames resent")
+    for line in (bridge_out + out).splitlines():  # why frames were resent: in the report, not only the logs
+        if "sent again" in line or "watchdog stop" in line or "discarded" in line:
+            report("  " + line.strip()[:200])
     assert final["episodes"] == EPISODES
     assert abs(final["successes"] - ref_succ) <= 1, (ros_lengths, ref_lengths)
     assert same >= EPISODES - 1, (ros_lengths, ref_lengths)
@@ -110,7 +113,7 @@ def test_ros_lockstep_with_a_trained_checkpoint_takes_the_in_process_trajectory(
     n, max_steps = 2, 20  # short episodes: CPU inference costs ~50 ms a step on each side
     ref = in_process_rollouts(load_policy(ckpt, device="cpu"), "base_goto", list(range(SEEDS, SEEDS + n)), max_steps)
 
-    final, t_ros, _ = closed_loop_through_ros(
+    final, t_ros, _, _ = closed_loop_through_ros(
         "base", 240, dict(policy="checkpoint", checkpoint=str(ckpt), device="cpu", max_image_age=5.0,
                           joint_state_topic="/sim/joint_states"),
         dict(task="base_goto", seed=SEEDS, episodes=n, state_topic="/sim/joint_states", step_timeout=10.0,

@@ -9,7 +9,8 @@ import torch
 from qsft_robot.config import load_config
 from qsft_robot.data.feature_cache import FeatureStore
 from qsft_robot.data.image_store import MemmapImageStore
-from qsft_robot.data.lerobot import read_lerobot, write_lerobot_v30
+from qsft_robot.data.lerobot_reader import read_lerobot
+from qsft_robot.data.lerobot_writer import write_lerobot_v30
 from qsft_robot.sim.collect import collect_episodes
 from qsft_robot.train.trainer import Trainer
 

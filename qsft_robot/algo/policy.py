@@ -1,4 +1,4 @@
-"""Acting from a checkpoint (DESIGN §2.6): argmax_q (default), paper, sft.
+"""Acting from a checkpoint (docs/design.md §2.6): the modes of config.ActingMode, argmax_q by default.
 
 argmax_q is a behaviour-regularised greedy choice (p_theta ~ pi_beta * Q): it is deliberately not
 argmax Q*, so do not divide by pi_beta here.
@@ -12,14 +12,15 @@ import numpy as np
 import torch
 import yaml
 
+from qsft_robot.checkpoint import resolve_checkpoint
+from qsft_robot.config import ACTING_MODES
 from qsft_robot.data.action_tokenizer import ActionTokenizer
-from qsft_robot.models.families import load_processor
+from qsft_robot.models.families import load_processor, share_vision_encoder
 from qsft_robot.models.lora import is_lora_folder, load_lora
 from qsft_robot.models.vlm_adapter import VLMAdapter
-from qsft_robot.train.checkpoint import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
-MODES = ("argmax_q", "paper", "sft")
+MODES = ACTING_MODES
 
 
 class Policy:
@@ -62,7 +63,11 @@ def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "
         behavior = None
         if has_behavior:
             from transformers import AutoModelForImageTextToText
-            behavior = AutoModelForImageTextToText.from_pretrained(ckpt / "behavior").to(device).eval()
+            # theta's dtype (from_pretrained's default would be the saved one, bf16 for a bf16 preset)
+            behavior = AutoModelForImageTextToText.from_pretrained(
+                ckpt / "behavior", dtype=next(model.parameters()).dtype).to(device).eval()
+            # a frozen encoder is bit-identical in theta and pi_beta: one module, run once per frame
+            share_vision_encoder(model, behavior)
     model.eval()
     mode = mode or ("argmax_q" if algo == "qsft" else "sft")
     if algo != "qsft" and mode != "sft":

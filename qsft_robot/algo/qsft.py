@@ -1,4 +1,4 @@
-"""Q-SFT: Bellman targets and the weighted soft-label cross-entropy (DESIGN §2.4-2.5).
+"""Q-SFT: Bellman targets and the weighted soft-label cross-entropy (docs/design.md §2.4-2.5).
 
 Model-agnostic on purpose: everything here sees (N, B) logit matrices, one row per action token,
 so the same two functions train a 7B VLM and the lookup tables of the tabular correctness test.
@@ -9,15 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def support_mask(pi_beta: Tensor, eps: float) -> Tensor:
-    """m(b|s) = [pi_beta(b|s) > eps], always keeping pi_beta's most likely bin.
-
-    Why the argmax is kept: with B bins the largest probability can be as low as 1/B, so a threshold
-    such as 0.05 with 32+ bins can empty the support of a flat pi_beta; the max (and an action chosen
-    within the support) must still have the bin the data makes most likely.
-    """
-    return (pi_beta > eps) | (pi_beta >= pi_beta.max(dim=-1, keepdim=True).values)
+from qsft_robot.models.support import support_mask  # noqa: F401 - re-exported: the targets' support
 
 
 def expectile(values: Tensor, weights: Tensor, tau: float, iters: int = 30) -> Tensor:
@@ -46,9 +38,9 @@ def bellman_targets(next_q_logits: Tensor, next_behavior_logits: Tensor, rewards
 
     The ratio undoes the behaviour weighting the loss builds into p_theta (p_theta ~ pi_beta * Q);
     the support mask m (support_mask) keeps every V off bins pi_beta does not take. V is:
-    - "max" (the paper, DESIGN §2.4): max_b m(b) Q(b). Kept selectable, but it saturates: Q is a
+    - "max" (the paper, docs/design.md §2.4): max_b m(b) Q(b). Kept selectable, but it saturates: Q is a
       quotient of two separately trained networks and the max picks its noise upward, so the targets
-      pin at the clip value 1 (DESIGN §2.8: 98% of targets >= 0.999 whatever the start).
+      pin at the clip value 1 (docs/design.md §2.8: 98% of targets >= 0.999 whatever the start).
     - "expectation": E_{pi_beta | m}[Q] = sum_b m p_target / sum_b m pi_beta, the logged policy's value
       (SARSA / one-step RL, Brandfonbrener et al. 2021), improved on at acting time by argmax
       p_theta ~ pi_beta * Q. Normalised over the support: without the denominator pi_beta's
@@ -115,7 +107,7 @@ def behavior_loss(logits: Tensor, actions: Tensor) -> Tensor:
 
 
 def token_rewards_discounts(rewards: Tensor, dones: Tensor, num_dims: int, gamma: float) -> tuple[Tensor, Tensor]:
-    """Per-token reward and discount of the token MDP (DESIGN §2.2), shape (T, D) each.
+    """Per-token reward and discount of the token MDP (docs/design.md §2.2), shape (T, D) each.
 
     Inside an env step: reward 0, discount 1. Last dimension: the env reward and gamma * (1 - done).
     `dones` must be true terminations only; a time-limit truncation is not terminal and bootstraps.

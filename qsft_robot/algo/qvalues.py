@@ -1,7 +1,7 @@
 """Q-value inspection: what the model values, bin by bin, for one frame and instruction.
 
 For each action dimension d (conditioned on the greedy tokens chosen for dimensions < d, as when
-acting) it plots p_theta (Q-SFT's conservative Q-value, DESIGN §2.5) and pi_beta over the bins, marks
+acting) it plots p_theta (Q-SFT's conservative Q-value, docs/design.md §2.5) and pi_beta over the bins, marks
 the bin the policy picks and, for a dataset frame, the bin the operator took. Where p_theta sits well
 below pi_beta the model has learned that the logged action leads nowhere; where they agree it is
 imitating.

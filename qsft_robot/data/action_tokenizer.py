@@ -1,4 +1,4 @@
-"""Per-dimension action binning (RT-2 / OpenVLA convention, DESIGN §2.1).
+"""Per-dimension action binning (RT-2 / OpenVLA convention, docs/design.md §2.1).
 
 Bin edges split [q01_d, q99_d] uniformly so one outlier cannot waste the bins; values outside are
 clipped. A checkpoint always decodes with the statistics saved beside it, never recomputed ones.
@@ -116,13 +116,19 @@ class ActionTokenizer:
                     model.resize_token_embeddings(len(tokenizer))
             self.vocab_ids = [int(tokenizer.convert_tokens_to_ids(s)) for s in strings]
         elif mapping == "least_used":
+            # Never special or added ids: in real VLM tokenizers the ids past the base vocabulary are the
+            # image-layout tokens (llava-1.5's <image>/<pad>, SmolVLM2's <row_i_col_j>, Qwen's
+            # <|vision_*|>), and overwriting one of them breaks the model's image placement.
+            reserved = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
             if token_counts is None:
-                # Without corpus counts, the OpenVLA heuristic: the last ids of the vocabulary.
-                self.vocab_ids = list(range(len(tokenizer) - self.max_bins, len(tokenizer)))
+                # Without corpus counts, the OpenVLA heuristic: the last ids of the base vocabulary.
+                base = int(getattr(tokenizer, "vocab_size", len(tokenizer)))
+                order = [i for i in range(base - 1, -1, -1) if i not in reserved]
             else:
-                special = set(getattr(tokenizer, "all_special_ids", []))
-                order = [int(i) for i in np.argsort(token_counts, kind="stable") if int(i) not in special]
-                self.vocab_ids = sorted(order[: self.max_bins])
+                order = [int(i) for i in np.argsort(token_counts, kind="stable") if int(i) not in reserved]
+            if len(order) < self.max_bins:
+                raise ValueError(f"least_used: the tokenizer has {len(order)} ordinary ids, {self.max_bins} bins needed")
+            self.vocab_ids = sorted(order[: self.max_bins])
         else:
             raise ValueError(f"unknown action-token mapping {mapping!r}")
 

@@ -1,7 +1,9 @@
-"""robomimic-layout HDF5: data/demo_N/{obs/<key>, actions, rewards, dones}, data.attrs['env_args'].
+"""HDF5 datasets: robomimic files (read and write) and ALOHA/ACT episode files (read).
 
-Images are stored as obs/<cam>_image (robomimic's convention), state as obs/robot_state; the
-instruction goes into the demo's attrs (robomimic has no language field; 'lang' is what LIBERO uses).
+robomimic layout: data/demo_N/{obs/<key>, actions, rewards, dones}, data.attrs['env_args']. Images
+are stored as obs/<cam>_image (robomimic's convention), state as obs/robot_state; the instruction
+goes into the demo's attrs (robomimic has no language field; 'lang' is what LIBERO uses).
+Which layout a path holds is decided by data/sources.py, the front door every reader goes through.
 """
 from __future__ import annotations
 
@@ -52,24 +54,6 @@ def write_robomimic(episodes: list[Episode], path: str | Path, env_name: str = "
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def read_hdf5(path: str | Path, **kw) -> list[Episode]:
-    """robomimic file, ALOHA episode file, or a folder of ALOHA episode_*.hdf5 files."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.hdf5")) + sorted(path.glob("*.h5"))
-        if not files:
-            raise DatasetError(f"{path}: no .hdf5 files in folder")
-        return [ep for f in files for ep in read_aloha(f, **kw)]
-    if not path.is_file():
-        raise DatasetError(f"{path}: HDF5 file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            aloha = "observations" in f and "action" in f
-    except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from e
-    return read_aloha(path, **kw) if aloha else read_robomimic(path, **kw)
 
 
 def read_aloha(path: str | Path, instruction: str = "", success: bool = True, image_keys: list[str] | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qsft_robot.data.episode import DatasetError, Episode
-from qsft_robot.data.lerobot import read_lerobot
+from qsft_robot.data.lerobot_reader import read_lerobot
 
 
 def episodes_from_lerobot_dataset(dataset, **kw) -> list[Episode]:

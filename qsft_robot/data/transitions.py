@@ -3,7 +3,7 @@
 Reward rules (recorded in the checkpoint): 'success' puts reward 1 on the last step of successful
 episodes (the paper's sparse setting); 'episodes:3,7,12' marks exactly those episode indices as the
 successful ones; 'all_success' treats every episode as a successful demonstration; 'reward' uses
-next.reward rescaled so that discounted returns stay in [0, 1] (DESIGN §2.2); 'python:mod:fn' calls
+next.reward rescaled so that discounted returns stay in [0, 1] (docs/design.md §2.2); 'python:mod:fn' calls
 fn(episode) -> per-step rewards. A truncated (time-limit) end is not terminal: it bootstraps; as logs
 carry no observation after the last action, it bootstraps from its own last frame.
 """
@@ -36,6 +36,12 @@ class Transitions:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def inputs(self, idx: np.ndarray, images=None) -> tuple:
+        """(images, instructions, states) of transitions idx: what the model's prompt is built from.
+        `images` replaces the stored frames (a batch prefetched by a DataLoader worker)."""
+        st = self.state[idx] if self.state is not None else None
+        return (self.images[idx] if images is None else images), [self.instructions[i] for i in idx], st
 
 
 def choose_reward_rule(episodes: list[Episode], rule: str) -> str:

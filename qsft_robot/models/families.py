@@ -3,10 +3,12 @@
 This is the only architecture-specific code. LLaVA (the default) is assembled here by hand and its
 images are normalised in torch, batched: the training loop lives on that path and the processor's
 per-image PIL route costs ~100x more. Every other family goes through its *own* HF processor (or,
-for Qwen2-VL, its own image processor), so the image-token layout is the model's, not ours:
-PaliGemma's image prefix + bos with bidirectional prefix attention (token_type_ids), Idefics3
-(SmolVLM v1)'s <fake_token_around_image><global-img> frame and pixel masks, Qwen2-VL's variable patch grid
-and 3-D (M-RoPE) positions.
+where that processor insists on a torchvision video processor — SmolVLM2, Qwen2-VL, Qwen2.5-VL — its
+own image processor and the model's own prompt-string rule), so the image-token layout is the model's,
+not ours: PaliGemma's image prefix + bos with bidirectional prefix attention (token_type_ids), Idefics3
+(SmolVLM v1)'s and SmolVLM2's <fake_token_around_image><global-img> frame (SmolVLM2 with its
+<row_i_col_j> tiles when the image processor splits) and pixel masks, Qwen2-VL's and Qwen2.5-VL's
+variable patch grid and 3-D (M-RoPE) positions.
 
 A `Batch` knows how to grow by one token per row, which is all that teacher forcing and KV-cached
 decoding need from it.
@@ -20,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FAMILIES = ("llava", "paligemma", "idefics3", "qwen2_vl")  # SmolVLM v1 checkpoints are idefics3
-MROPE = ("qwen2_vl",)
+# SmolVLM v1 checkpoints are idefics3; SmolVLM2 (the VLM under LeRobot's SmolVLA) is smolvlm
+FAMILIES = ("llava", "paligemma", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl")
+MROPE = ("qwen2_vl", "qwen2_5_vl")
+# families whose HF processor cannot be built without torchvision: tokenizer + image processor instead
+OWN_LAYOUT = MROPE + ("smolvlm",)
 # per-token extras and the value an appended (action) token gets
 _PER_TOKEN = {"token_type_ids": 1, "mm_token_type_ids": 0}
 
@@ -61,15 +66,51 @@ def family_of(model) -> str:
     return fam
 
 
-def vision_encoder(model) -> torch.nn.Module:
-    """The image encoder of any supported family (LLaVA/PaliGemma: vision_tower, Idefics3: vision_model,
-    Qwen2-VL: visual), looked up on the inner model first (transformers >= 4.52 nests it there)."""
+def unwrap(model):
+    """The HF model under a LoRA `AdapterView` (models/lora.py), or the model itself: for what the
+    wrapper does not forward (the M-RoPE position rule, the text decoder, the output head)."""
+    peft_model = getattr(model, "peft_model", None)
+    return peft_model.get_base_model() if peft_model is not None else model
+
+
+def _encoder_slot(model) -> tuple[torch.nn.Module, str]:
+    """(owner, attribute name) of the image encoder: LLaVA/PaliGemma: vision_tower, Idefics3/SmolVLM2:
+    vision_model, Qwen2-VL/Qwen2.5-VL: visual, looked up on the inner model first (transformers >= 4.52
+    nests it there)."""
     for owner in (getattr(model, "model", None), model):
         for name in ("vision_tower", "vision_model", "visual"):
-            enc = getattr(owner, name, None) if owner is not None else None
-            if isinstance(enc, torch.nn.Module):
-                return enc
+            if owner is not None and isinstance(getattr(owner, name, None), torch.nn.Module):
+                return owner, name
     raise ValueError(f"no vision encoder found on {type(model).__name__}")
+
+
+def vision_encoder(model) -> torch.nn.Module:
+    """The image encoder of any supported family (see `_encoder_slot`)."""
+    owner, name = _encoder_slot(model)
+    return getattr(owner, name)
+
+
+def share_vision_encoder(src, dst) -> bool:
+    """Make dst use src's image encoder module when the two hold bit-identical weights (a frozen
+    pretrained tower, as theta and pi_beta have with model.freeze_vision); returns whether it did.
+
+    Why: acting within pi_beta's support runs both models on the same frame, and their encoders then
+    compute the same features twice. Once they are one module, `VLMAdapter.decode` runs it once per
+    frame (and the second copy's memory is freed). Weights are compared, not assumed from the config."""
+    src, dst = unwrap(src), unwrap(dst)
+    a, b = vision_encoder(src), vision_encoder(dst)
+    if a is b:
+        return True
+
+    def same(x: Tensor, y: Tensor) -> bool:   # dtype too: torch.equal would equate a bf16 copy with fp32
+        return x.dtype == y.dtype and x.device == y.device and x.shape == y.shape and torch.equal(x, y)
+
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys() or not all(same(sa[k], sb[k]) for k in sa):
+        return False
+    owner, name = _encoder_slot(dst)
+    setattr(owner, name, a)
+    return True
 
 
 def freeze_vision_encoder(model) -> int:
@@ -100,6 +141,8 @@ def image_placeholder(family: str, processor, n_cams: int, image_seq_length: int
         return "<image>" * image_seq_length * n_cams
     if family in MROPE:
         return "<|vision_start|><|image_pad|><|vision_end|>" * n_cams
+    if family == "smolvlm":
+        return (getattr(processor.tokenizer, "image_token", None) or "<image>") * n_cams
     return processor.image_token * n_cams
 
 
@@ -153,20 +196,50 @@ def _with_processor(adapter, images: np.ndarray, texts: list[str]) -> Batch:
         enc = adapter.tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False)
         image_id = adapter.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         out = {**enc, **vis, "mm_token_type_ids": (enc["input_ids"] == image_id).long()}
-    else:
+    elif fam == "smolvlm":
+        out = _smolvlm_inputs(adapter, per_sample, texts)
+    else:  # numpy out, torch here: PaliGemmaProcessor's np.array(input_ids) on torch tensors warns (numpy 2)
         out = dict(proc(text=texts, images=per_sample if fam != "paligemma" else [s[0] for s in per_sample]
-                        if images.shape[1] == 1 else per_sample, return_tensors="pt", padding=True))
+                        if images.shape[1] == 1 else per_sample, return_tensors="np", padding=True))
+        out = {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
     out.pop("labels", None)
     dev = adapter.device
     out = {k: (v.to(dev, dtype=adapter.model.dtype) if k == "pixel_values" else v.to(dev)) for k, v in out.items()}
     ids, mask = out.pop("input_ids"), out.pop("attention_mask")
     pixel_values = out.pop("pixel_values")
     if fam in MROPE:
-        pos, _ = adapter.model.model.get_rope_index(ids, image_grid_thw=out["image_grid_thw"], attention_mask=mask,
-                                                    mm_token_type_ids=out["mm_token_type_ids"])
+        pos, _ = unwrap(adapter.model).model.get_rope_index(ids, image_grid_thw=out["image_grid_thw"],
+                                                            attention_mask=mask,
+                                                            mm_token_type_ids=out["mm_token_type_ids"])
     else:
         pos = text_positions(mask)
     return Batch(ids, mask, pos, pixel_values, out)
+
+
+def _smolvlm_inputs(adapter, per_sample: list, texts: list[str]) -> dict:
+    """SmolVLM2's layout, as SmolVLMProcessor builds it (that class needs torchvision and num2words,
+    for video only): its image processor resizes (and, if configured, splits into tiles, returning
+    rows x cols per image), then every <image> becomes transformers' own `get_image_prompt_string`:
+    <fake_token_around_image>[<row_i_col_j><image>*n per tile] <global-img><image>*n <fake_token...>.
+    n = (image_size / patch_size)^2 / scale_factor^2 image tokens per tile, from the model's config."""
+    from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+    tok = adapter.tokenizer
+    vis = dict(adapter.processor.image_processor(images=per_sample, return_tensors="pt", return_row_col_info=True))
+    rows, cols = vis.pop("rows"), vis.pop("cols")
+    cfg = adapter.model.config
+    seq = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 // cfg.scale_factor ** 2
+    image = getattr(tok, "image_token", None) or "<image>"
+    fake = getattr(tok, "fake_image_token", None) or "<fake_token_around_image>"
+    glob = getattr(tok, "global_image_token", None) or "<global-img>"
+    expanded = []
+    for text, r_s, c_s in zip(texts, rows, cols):
+        parts = text.split(image)
+        if len(parts) - 1 != len(r_s):
+            raise ValueError(f"{len(parts) - 1} image placeholders for {len(r_s)} images")
+        expanded.append(parts[0] + "".join(get_image_prompt_string(r, c, seq, fake, image, glob) + rest
+                                           for r, c, rest in zip(r_s, c_s, parts[1:])))
+    return {**tok(expanded, return_tensors="pt", padding=True), **vis}
 
 
 def encode_prompts(adapter, images: np.ndarray, texts: list[str]) -> Batch:
@@ -180,8 +253,9 @@ def encode_prompts(adapter, images: np.ndarray, texts: list[str]) -> Batch:
 
 class ImageTextProcessor:
     """Tokenizer + image processor saved and loaded as one HF folder, for families whose own
-    processor cannot be built here (Qwen2VLProcessor requires a torchvision video processor, and
-    PyPI torchvision does not import beside the CPU-only torch wheel)."""
+    processor cannot be built here (Qwen2VLProcessor, Qwen2_5_VLProcessor and SmolVLMProcessor require a
+    torchvision video processor, and PyPI torchvision does not import beside the CPU-only torch wheel).
+    A downloaded checkpoint's folder loads the same way: its image processor and tokenizer files."""
 
     def __init__(self, image_processor, tokenizer):
         self.image_processor = image_processor
@@ -199,6 +273,6 @@ class ImageTextProcessor:
 
 def load_processor(path, model_type: str):
     from transformers import AutoProcessor
-    if model_type in MROPE:
+    if model_type in OWN_LAYOUT:
         return ImageTextProcessor.from_pretrained(path)
     return AutoProcessor.from_pretrained(path)

@@ -1,6 +1,6 @@
 """LoRA for large backbones: theta, pi_beta and theta_bar as three adapters over one frozen base.
 
-A 7B VLM then sits in memory once; the three networks of Q-SFT (DESIGN §2.3) differ only in their
+A 7B VLM then sits in memory once; the three networks of Q-SFT (docs/design.md §2.3) differ only in their
 low-rank adapters, and theta_bar is a Polyak average of theta's adapter. Each network is an
 `AdapterView`: an nn.Module whose parameters are *its* adapter's tensors (so the optimizer, Polyak
 and the checkpoint code treat it like a whole model) and whose forward runs the shared model with

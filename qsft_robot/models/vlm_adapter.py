@@ -4,6 +4,7 @@ Everything model-specific lives here so that `algo/` only ever sees (N, B) logit
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qsft_robot.algo.qsft import support_mask
+from qsft_robot.config import ACTING_MODES
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.models.families import (Batch, encode_prompts, family_of, image_placeholder, load_processor,
-                                        normalise_images, vision_encoder)
+                                        normalise_images, unwrap, vision_encoder)
+from qsft_robot.models.support import support_mask
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ PROMPT = "In: What action should the robot take to {instruction}?"
 
 
 def format_state(state) -> str:
-    """Proprio state as text: no new parameters, works with any tokenizer (DESIGN: no new heads)."""
+    """Proprio state as text: no new parameters, works with any tokenizer (docs/design.md: no new heads)."""
     return " ".join(f"{float(x):.2f}" for x in np.asarray(state).ravel())
 
 
@@ -41,11 +43,6 @@ def build_prompt(instruction: str, state=None, image_part: str = "", image_posit
     if state is not None:
         text += " State: " + format_state(state)
     return text + "\nOut:"
-
-
-def _last_token(full: Batch) -> Batch:
-    """Inputs of one cached decoding step: the newest token, its position, the full attention mask."""
-    return Batch(full.input_ids[:, -1:], full.attention_mask, full.position_ids[..., -1:], None, {})
 
 
 class VLMAdapter:
@@ -72,6 +69,9 @@ class VLMAdapter:
             ids.append(int(self.tokenizer.convert_tokens_to_ids(DUMMY_TOKEN)))
         self.logit_ids = torch.tensor(ids, dtype=torch.long)
         self.bin_token_ids = torch.tensor(action_tokenizer.vocab_ids, dtype=torch.long)
+        # "dynamic" (transformers' DynamicCache) or "static" (a StaticCache sized prompt + D: what
+        # torch.compile wants on GPU; bench/decode.py --static-cache)
+        self.cache_implementation = "dynamic"
 
     # ---- construction -------------------------------------------------------------------------
     @staticmethod
@@ -163,7 +163,7 @@ class VLMAdapter:
                                        next_instructions, next_states, next_tokens,
                                        with_dummy: bool) -> tuple[Tensor, Tensor]:
         """(N, D, B[+1]) at (P_t, b_t^{1:D-1}) and (N, B[+1]) at the end of P_{t+1}, in ONE forward
-        (DESIGN §2.4 asks for one call). The next prompts carry their own logged tokens so both halves
+        (docs/design.md §2.4 asks for one call). The next prompts carry their own logged tokens so both halves
         have one shape; a causal model's logits at the end of P_{t+1} do not see them."""
         n = len(instructions)
         cat = lambda a, b: None if a is None else np.concatenate([np.asarray(a), np.asarray(b)])  # noqa: E731
@@ -178,43 +178,41 @@ class VLMAdapter:
                use_cache: bool = True, generator: torch.Generator | None = None) -> np.ndarray:
         """Greedy (or sampled) action tokens, one dimension at a time; (N, D) bin ids.
 
-        With use_cache the prompt is prefilled once and each of the D-1 further tokens is one cached
-        step; without it every dimension re-runs the whole sequence (kept for the equality test).
+        With use_cache the prompt is prefilled once into a transformers `Cache` and each of the D-1
+        further tokens is one single-token step of the decoder (`_CachedScorer`); without it every
+        dimension re-runs the whole sequence, images included (kept as the reference for the equality
+        tests). pi_beta runs, with its own cache, only when the mode needs it.
         """
-        if mode not in ("argmax_q", "paper", "sft"):
+        if mode not in ACTING_MODES:
             raise ValueError(f"unknown acting mode {mode!r}")
-        batch = self.encode(images, instructions, states)
         need_behavior = mode == "paper" or (mode == "argmax_q" and support_eps is not None)
         if need_behavior and behavior_model is None:
             raise ValueError(f"mode {mode!r} (support_eps={support_eps}) needs the behaviour model")
+        batch = self.encode(images, instructions, states)
+        dev = self.device
         # models[0] scores the bins: theta, or pi_beta itself for 'sft'; models[1] is pi_beta if needed
         first = (behavior_model or self.model) if mode == "sft" else self.model
         models = [first] + ([behavior_model] if need_behavior else [])
-        mask_bins = torch.as_tensor(self.action_tokenizer.bin_mask(), device=self.device)
-        caches = [None] * len(models)
-        full = batch           # the whole sequence so far (uncached path and positions)
-        step = batch           # what the next cached call feeds: the prompt first, then one token
+        mask_bins = torch.as_tensor(self.action_tokenizer.bin_mask(), device=dev)   # (D, B)
+        n_bins = mask_bins.shape[-1]
+        bin_ids = self.bin_token_ids.to(dev)
+        scorers = []
+        for k, m in enumerate(models):
+            # theta's p over real bins is softmax over bins + dummy (when present), sliced to B
+            ids = (self.logit_ids if (k == 0 and mode != "sft") else self.bin_token_ids).to(dev)
+            keep = F.pad(mask_bins, (0, len(ids) - n_bins), value=True)   # per-dimension valid bins, built once
+            cls = _CachedScorer if use_cache else _UncachedScorer
+            scorers.append((cls(m, ids, batch, self.num_dims, self.cache_implementation), keep))
+        # theta and pi_beta with one (shared, frozen) image encoder: its features are computed once
+        encoder = _shared_encoder(models) if use_cache and len(models) > 1 else None
         chosen = []
+        prev = None
         for d in range(self.num_dims):
-            dist = []
-            for k, m in enumerate(models):
-                if use_cache:
-                    out = m(**step.model_inputs(with_images=d == 0), past_key_values=caches[k], use_cache=True,
-                            logits_to_keep=1)
-                    caches[k] = out.past_key_values
-                else:
-                    out = m(**full.model_inputs(), use_cache=False, logits_to_keep=1)
-                # theta's p over real bins is softmax over bins + dummy (when present), sliced to B
-                ids_k = self.logit_ids if (k == 0 and mode != "sft") else self.bin_token_ids
-                dist.append(out.logits[:, -1, ids_k.to(self.device)].float())
-            logp = []  # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
-            for x in dist:
-                keep = F.pad(mask_bins[d], (0, x.shape[-1] - mask_bins.shape[-1]), value=True)
-                logp.append(x.masked_fill(~keep, float("-inf")).log_softmax(-1)[:, : mask_bins.shape[-1]])
-            if mode == "paper":  # pi_tilde ~ pi_beta * exp(beta * p_theta)
-                score = logp[1] + beta * logp[0].exp()
-            else:
-                score = logp[0]
+            with _reused_output(encoder) if d == 0 and encoder is not None else contextlib.nullcontext():
+                # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
+                logp = [s.logits(prev).masked_fill(~keep[d], float("-inf")).log_softmax(-1)[:, :n_bins]
+                        for s, keep in scorers]
+            score = logp[1] + beta * logp[0].exp() if mode == "paper" else logp[0]  # paper: pi_beta * exp(beta p)
             if need_behavior and support_eps is not None:
                 score = score.masked_fill(~support_mask(logp[1].exp(), support_eps), float("-inf"))
             if sample:
@@ -222,6 +220,148 @@ class VLMAdapter:
             else:
                 b = score.argmax(-1)
             chosen.append(b)
-            full = full.appended(self.bin_token_ids.to(self.device)[b])
-            step = _last_token(full)
+            prev = bin_ids[b]
         return torch.stack(chosen, dim=1).cpu().numpy()
+
+
+def _shared_encoder(models) -> torch.nn.Module | None:
+    """The image encoder module all `models` hold, if it is one module without LoRA layers (an adapter
+    inside it would make the features differ per model), else None."""
+    encoders = [vision_encoder(unwrap(m)) for m in models]
+    if any(e is not encoders[0] for e in encoders[1:]):
+        return None
+    if any("lora_" in n for n, _ in encoders[0].named_parameters()):
+        return None
+    return encoders[0]
+
+
+@contextlib.contextmanager
+def _reused_output(module: torch.nn.Module):
+    """While active, a call of `module` with the very same argument objects as an earlier call returns
+    a copy of that call's output instead of recomputing it (identity, not equality: a tensor copied or
+    cast on the way is simply recomputed). Every caller, the first included, gets its own copy of the
+    containers and tensors: models edit what their encoder returns (Qwen2-VL replaces the output's
+    pooler_output with a split of it), and one model's edit must not reach the next."""
+    own = module.__dict__.get("forward")   # an instance-level forward (e.g. torch.compile's) to restore
+    forward = module.forward
+    memo: list[tuple[tuple, dict, object]] = []
+    plain = (bool, int, float, str, type(None))
+
+    def same(x, y) -> bool:
+        return x is y or (type(x) in plain and type(x) is type(y) and x == y)
+
+    def reuse(*args, **kwargs):
+        for a, kw, out in memo:
+            if len(a) == len(args) and kw.keys() == kwargs.keys() and all(map(same, a, args)) \
+                    and all(same(kw[k], kwargs[k]) for k in kwargs):
+                return _fresh(out)
+        out = forward(*args, **kwargs)
+        memo.append((args, kwargs, out))
+        return _fresh(out)
+
+    module.forward = reuse
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward   # the class's forward shows through again
+        else:
+            module.forward = own
+
+
+def _fresh(x):
+    """A copy of a model output: new containers (ModelOutput, dict, list, tuple), cloned tensors."""
+    from transformers.utils import ModelOutput
+
+    if isinstance(x, Tensor):
+        return x.clone()
+    if isinstance(x, ModelOutput):
+        return type(x)(**{k: _fresh(v) for k, v in x.items()})
+    if isinstance(x, dict):
+        return type(x)((k, _fresh(v)) for k, v in x.items())
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_fresh(v) for v in x)
+    return x
+
+
+class _UncachedScorer:
+    """Reference path: every dimension re-runs the whole sequence (prompt, images, tokens so far)."""
+
+    def __init__(self, model, ids: Tensor, batch: Batch, num_steps: int, cache_implementation: str = "dynamic"):
+        self.model, self.ids, self.full = model, ids, batch
+
+    def logits(self, prev: Tensor | None) -> Tensor:
+        if prev is not None:
+            self.full = self.full.appended(prev)
+        out = self.model(**self.full.model_inputs(), use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1, self.ids].float()
+
+
+def _hf_model(model):
+    """The HF model under a LoRA `AdapterView` with that view's adapter made active (theta and pi_beta
+    take turns on one shared base), or the model itself."""
+    if hasattr(model, "activate"):
+        model.activate()
+    return unwrap(model)
+
+
+class _CachedScorer:
+    """One model's KV-cached scores over the action tokens: one prefill, then one token per step.
+
+    Why not just call the whole VLM again with one token: that is what transformers' generate() does,
+    and on a small model at batch 1 the per-call Python work of the multimodal wrapper (placeholder
+    masks, output dataclasses, the full-vocabulary head) costs as much as the decoder itself. A step
+    here calls the text decoder directly (the same module the wrapper calls, so the numbers are the
+    model's own; the equality tests check it), then the output head restricted to the ids that are
+    scored: B (+1) rows instead of the whole vocabulary (151k for Qwen). Everything a step needs
+    (positions, the attention mask, the sliced head) is built once per decode, not per token. The cache
+    is a transformers `DynamicCache` (or a `StaticCache` of exactly prompt + D tokens, for
+    torch.compile on GPU), passed as `cache=`, the keyword current transformers documents.
+    """
+
+    def __init__(self, model, ids: Tensor, batch: Batch, num_steps: int, cache_implementation: str = "dynamic"):
+        from transformers import DynamicCache, StaticCache
+
+        self.model, self.ids, self.batch = model, ids, batch
+        cfg = model.config
+        n, length = batch.input_ids.shape
+        if cache_implementation == "static":
+            self.cache = StaticCache(config=cfg, max_cache_len=length + num_steps)
+        elif cache_implementation == "dynamic":
+            self.cache = DynamicCache(config=cfg)
+        else:
+            raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
+        self.static = cache_implementation == "static"
+        self.step_no = 0
+        self.last_pos = batch.position_ids[..., -1:]
+        # no padding anywhere: the causal mask alone is right, so no mask is built at any step
+        self.pad = not bool(batch.attention_mask.all())
+        if self.pad or self.static:
+            self.mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(n, num_steps)], 1)
+        self.softcap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
+        self.head_weight = None
+
+    def _head(self, hidden: Tensor, hf) -> Tensor:
+        head = hf.get_output_embeddings()
+        if type(head) is torch.nn.Linear:   # a plain head: only the scored rows (a LoRA head runs whole)
+            if self.head_weight is None:
+                self.head_weight = head.weight[self.ids]
+                self.head_bias = None if head.bias is None else head.bias[self.ids]
+            logits = F.linear(hidden, self.head_weight, self.head_bias)
+        else:
+            logits = head(hidden)[..., self.ids]
+        if self.softcap is not None:   # Gemma-style final soft-capping, applied as the wrapper does
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def logits(self, prev: Tensor | None) -> Tensor:
+        if prev is None:   # prefill: the whole multimodal prompt through the model's own forward
+            out = self.model(**self.batch.model_inputs(), cache=self.cache, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, self.ids].float()
+        self.step_no += 1
+        hf = _hf_model(self.model)
+        length = self.batch.input_ids.shape[1] + self.step_no
+        mask = self.mask[:, :length] if self.pad or self.static else None
+        out = hf.get_decoder()(input_ids=prev[:, None], attention_mask=mask, position_ids=self.last_pos + self.step_no,
+                               cache=self.cache, use_cache=True)
+        return self._head(out.last_hidden_state[:, -1], hf).float()

@@ -6,6 +6,8 @@ argument per parameter, generated from this table) and the tests. It imports not
 """
 from __future__ import annotations
 
+from qsft_robot.config import ACTING_MODES
+
 KINDS = "checkpoint | color_seek | <module>:<class>"
 
 # name: (default, description). Only `instruction` may change at run time (see RUNTIME_PARAMS).
@@ -13,7 +15,7 @@ PARAM_SPECS: dict[str, tuple[object, str]] = {
     "checkpoint": ("", "run or checkpoint folder from `qsft-robot train` (policy:=checkpoint)"),
     "policy": ("checkpoint", f"which policy acts: {KINDS}"),
     "policy_args": ("", "JSON object of keyword arguments for a scripted or plug-in policy"),
-    "mode": ("argmax_q", "acting mode of a checkpoint: argmax_q | paper | sft (sft for SFT/filtered-BC runs)"),
+    "mode": ("argmax_q", f"acting mode of a checkpoint: {' | '.join(ACTING_MODES)} (sft for SFT/filtered-BC runs)"),
     "device": ("auto", "auto (cuda when available) | cpu | cuda[:N]"),
     "robot_profile": ("base", "configs/robots/<name>.yaml (arm | base) or a path to a profile"),
     "instruction": ("", "language instruction; may be changed at run time"),

@@ -69,7 +69,7 @@ def collect_episodes(task: str, episodes: int, quality: str = "mixed", seed: int
 
 
 def collect_to_lerobot(task: str, out: str | Path, **kw) -> Path:
-    from qsft_robot.data.lerobot import write_lerobot_v30
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
 
     eps = collect_episodes(task, **kw)
     return write_lerobot_v30(eps, out, fps=FPS, robot_type=task)

@@ -5,7 +5,7 @@ nothing about whether the values *separate* good from bad actions. At every epis
 (where, on mixed-quality data, the operator chose a target) the logged action's value
 Q = p_theta / pi_beta (averaged over its D tokens) should end higher for episodes that succeeded than
 for those that failed. When the backup saturates, both sit at ~1 and the fraction of targets >= 0.999
-says so (DESIGN §2.8). Logged to train_log.csv and TensorBoard, drawn to values.png at the end.
+says so (docs/design.md §2.8). Logged to train_log.csv and TensorBoard, drawn to values.png at the end.
 """
 from __future__ import annotations
 
@@ -38,12 +38,14 @@ class ValueProbe:
         q = []
         for start in range(0, len(self.index), batch_size):
             idx = self.index[start:start + batch_size]
-            images, instr, state = trainer._inputs(idx)
-            theta = ad.teacher_forced_logits(trainer.model, images, instr, state, d.tokens[idx], with_dummy=True)
+            images, instr, state = d.inputs(idx)
+            theta = ad.teacher_forced_logits(trainer.nets.theta, images, instr, state, d.tokens[idx],
+                                             with_dummy=True)
             if trainer.pi_cache is not None:
                 beh = trainer.pi_cache[idx].float()
             else:
-                beh = ad.teacher_forced_logits(trainer.behavior, images, instr, state, d.tokens[idx], with_dummy=False)
+                beh = ad.teacher_forced_logits(trainer.nets.pi_beta, images, instr, state, d.tokens[idx],
+                                               with_dummy=False)
             tok = torch.as_tensor(d.tokens[idx])[..., None]
             ratio = theta.softmax(-1).gather(-1, tok) / beh.softmax(-1).gather(-1, tok).clamp_min(1e-12)
             q.append(ratio[..., 0].mean(-1))

@@ -15,6 +15,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from qsft_robot.config import ACTING_MODES
 from qsft_robot_ros.launch_common import end_launch_with
 
 ARGS = {
@@ -24,7 +25,7 @@ ARGS = {
     "episodes": ("1", "episodes to run, seeds seed .. seed+episodes-1"),
     "policy": ("color_seek", "checkpoint | color_seek | <module>:<class>"),
     "checkpoint": ("", "run or checkpoint folder (policy:=checkpoint)"),
-    "mode": ("argmax_q", "acting mode: argmax_q | paper | sft (SFT / filtered-BC checkpoints)"),
+    "mode": ("argmax_q", f"acting mode: {' | '.join(ACTING_MODES)} (SFT / filtered-BC checkpoints)"),
     "device": ("auto", "auto | cpu | cuda[:N]"),
     "image_size": ("64", "camera image size (the training data's)"),
 }

@@ -185,7 +185,8 @@ class SimBridge(Node):
                 self.commands.clear()
                 self.sources.clear()
             published = time.monotonic()
-            action = self.answer(self.publish_frame(), published, stopping)
+            stamp_ns = self.publish_frame()
+            action = self.answer(stamp_ns, published, stopping)
             if stopping.is_set() or self.crashed:
                 continue
             if isinstance(action, str):  # the node acted on another instruction or state: send both again
@@ -198,7 +199,10 @@ class SimBridge(Node):
             if action is None:  # lost frame or a slow node: the same observation again, freshly stamped
                 retries += 1
                 in_a_row += 1
-                self.get_logger().warning(f"no command within {self.p['step_timeout']}s; frame sent again",
+                with self.cond:  # say which half went missing: the node's report, or the command itself
+                    seen = (f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
+                            f"{len(self.commands)} commands arrived")
+                self.get_logger().warning(f"no command within {self.p['step_timeout']}s ({seen}); frame sent again",
                                           throttle_duration_sec=2.0)
                 continue
             in_a_row = 0

@@ -1,4 +1,4 @@
-"""Atomic checkpoint folders (DESIGN §4): written to a temp folder, then renamed; keep-last-K;
+"""Atomic checkpoint folders (docs/design.md §4): written to a temp folder, then renamed; keep-last-K;
 a corrupt latest checkpoint falls back to the previous one with a warning."""
 from __future__ import annotations
 

@@ -1,0 +1,94 @@
+"""The loss of one batch: behaviour cloning for pi_beta, Q-SFT for theta (docs/design.md §2.4-2.5).
+
+Model-agnostic pieces (targets, loss, token rewards) are in algo/qsft.py; this module runs the
+networks over a batch of transitions through the VLM adapter and puts the pieces together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qsft_robot.algo.networks import Networks
+from qsft_robot.algo.qsft import (behavior_loss, bellman_targets, mc_lower_bound, qsft_loss,
+                                  token_rewards_discounts)
+from qsft_robot.data.transitions import Transitions
+
+
+@dataclass
+class LossContext:
+    """What a batch loss needs besides the batch: the adapter, the data, the algorithm settings
+    (config.AlgoConfig), the networks (`nets`) and the views gradients flow through (`views`), and
+    frozen pi_beta's cached logits (N, D, B) once pi_beta is frozen."""
+    adapter: object
+    data: Transitions
+    algo: object
+    nets: Networks
+    views: Networks
+    pi_cache: torch.Tensor | None = None
+
+
+def batch_loss(ctx: LossContext, idx: np.ndarray, images=None, next_images=None) -> tuple[torch.Tensor, dict]:
+    """Loss and statistics of transitions idx. `images`/`next_images`: frames prefetched by a worker."""
+    ad, d, D = ctx.adapter, ctx.data, ctx.adapter.num_dims
+    images, instr, state = d.inputs(idx, images)
+    tokens = torch.as_tensor(d.tokens[idx])
+    # one encoding of (P_t, b_t^{1:D-1}) serves pi_beta, theta and theta_bar
+    cur = ad.encode(images, instr, state, d.tokens[idx][:, :-1])
+    if ctx.pi_cache is not None:
+        beh_logits = ctx.pi_cache[idx].float()
+    else:
+        beh_logits = ad.action_logits(ctx.views.pi_beta, cur, D, with_dummy=False)
+    bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
+    with torch.no_grad():
+        entropy = float(-(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())
+    stats = {"bc_loss": bc.item(), "pi_entropy": entropy}
+    behavior_first = ctx.algo.behavior == "frozen" and ctx.pi_cache is None
+    if not ctx.nets.qsft or behavior_first:  # BC baselines, or pi_beta's own phase before it freezes
+        with torch.no_grad():
+            p_data = float(beh_logits.softmax(-1).gather(-1, tokens[..., None]).mean())
+        return bc, {**stats, "q_loss": 0.0, "mean_target": 0.0, "mean_p_data": p_data}
+    q_logits = ad.action_logits(ctx.views.theta, cur, D, with_dummy=True)
+    if ctx.algo.target == "return_to_go":  # Monte-Carlo targets: no target network, no bootstrap
+        w = torch.as_tensor(d.mc_return[idx]).float().clamp(0.0, 1.0).repeat_interleave(D)
+    else:
+        w = _bellman_weights(ctx, idx, images, instr, state, cur, beh_logits, next_images)
+    return _q_loss(ctx, q_logits, tokens, w, bc, stats)
+
+
+def _bellman_weights(ctx: LossContext, idx, images, instr, state, cur, beh_logits, next_images) -> torch.Tensor:
+    """Targets w of every action token of the batch (flattened (N*D,)), no gradient (§2.4)."""
+    ad, d, D, nets = ctx.adapter, ctx.data, ctx.adapter.num_dims, ctx.nets
+    nidx = d.next_index[idx]
+    n_images, n_instr, n_state = d.inputs(nidx, next_images)
+    with torch.no_grad():
+        if ctx.pi_cache is not None:
+            tq_cur, tq_next = ad.teacher_forced_and_next_logits(
+                nets.theta_bar, images, instr, state, d.tokens[idx], n_images, n_instr, n_state, d.tokens[nidx],
+                with_dummy=True)
+            beh_next = ctx.pi_cache[nidx, 0].float()
+        else:
+            tq_cur = ad.action_logits(nets.theta_bar, cur, D, with_dummy=True)
+            nxt = ad.encode(n_images, n_instr, n_state, None)
+            tq_next = ad.action_logits(nets.theta_bar, nxt, 1, with_dummy=True)[:, 0]
+            beh_next = ad.action_logits(nets.pi_beta, nxt, 1, with_dummy=False)[:, 0]
+    r, disc = token_rewards_discounts(torch.as_tensor(d.reward[idx]), torch.as_tensor(d.done[idx]), D,
+                                      ctx.algo.gamma)
+    # next token state of dim i < D is (prompt, b^1..b^i): position i+1 of the same sequence
+    next_q = torch.cat([tq_cur[:, 1:], tq_next[:, None]], dim=1)
+    next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
+    w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
+                        r.reshape(-1), disc.reshape(-1), ctx.algo.support_eps, ctx.algo.next_value,
+                        ctx.algo.expectile)
+    if ctx.algo.mc_lower_bound:
+        w = mc_lower_bound(w, torch.as_tensor(d.mc_return[idx]))
+    return w
+
+
+def _q_loss(ctx: LossContext, q_logits, tokens, w, bc, stats) -> tuple[torch.Tensor, dict]:
+    ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, ctx.algo.leftover)
+    loss = ql if ctx.pi_cache is not None else ql + bc
+    p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
+    return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item(),
+                  "frac_saturated": (w >= 0.999).float().mean().item()}

@@ -1,0 +1,60 @@
+"""One source of truth per choice, and one config for every command (YAML < --set < the command's flags)."""
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+from qsft_robot.cli import COLLECT_FLAGS, EVAL_FLAGS, TRAIN_FLAGS, _load, build_parser
+from qsft_robot.config import ACTING_MODES, ALGORITHMS, ConfigError, RunConfig, choices, load_config, validate
+
+
+def _option(sub: str, flag: str):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    return next(a for a in subparsers.choices[sub]._actions if flag in a.option_strings)
+
+
+def test_cli_choices_and_acting_come_from_the_config_declarations():
+    from qsft_robot.algo.policy import MODES
+    from qsft_robot.benchmark import METHODS
+
+    assert tuple(_option("train", "--algo").choices) == ALGORITHMS == choices("algo.name")
+    assert tuple(_option("eval", "--mode").choices) == ACTING_MODES == choices("eval.mode") == MODES
+    assert sorted(METHODS) == sorted(ALGORITHMS) and METHODS[-1] == "qsft"
+    assert _option("collect", "--episodes").type is int
+
+
+def test_a_bad_choice_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match="config key 'algo.name': 'dqn' is not one of qsft, sft, filtered_bc"):
+        load_config(None, ["algo.name=dqn"])
+    cfg = RunConfig()
+    cfg.eval.mode = "greedy"  # set in code, not loaded: validate still checks the declaration
+    with pytest.raises(ConfigError, match="eval.mode"):
+        validate(cfg)
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML's bare no
+    for key, typ in typing.get_type_hints(type(cfg.train)).items():
+        if typing.get_origin(typ) is typing.Literal:
+            assert getattr(cfg.train, key) in typing.get_args(typ)
+
+
+@pytest.mark.parametrize("command, flags, section", [(["collect", "--out", "x"], COLLECT_FLAGS, "collect"),
+                                                     (["eval", "runs/x"], EVAL_FLAGS, "eval")])
+def test_collect_and_eval_read_the_config_like_train(tmp_path, command, flags, section):
+    yml = tmp_path / "c.yaml"
+    yml.write_text(f"{section}:\n  task: base_goto\n  episodes: 7\n  seed: 5\n")
+    a = build_parser().parse_args([command[0], "--config", str(yml), "--set", f"{section}.seed=9",
+                                   "--episodes", "3", *command[1:]])
+    got = getattr(_load(a, flags), section)
+    assert (got.task, got.episodes, got.seed) == ("base_goto", 3, 9)  # file < --set < flag
+    a = build_parser().parse_args(command)
+    assert getattr(_load(a, flags), section) == getattr(RunConfig(), section)  # no flag given: the defaults
+
+
+def test_train_flags_are_config_keys():
+    a = build_parser().parse_args(["train", "--data", "d", "--algo", "sft", "--out", "o", "--set", "train.steps=5"])
+    cfg = _load(a, TRAIN_FLAGS)
+    assert (cfg.data.path, cfg.algo.name, cfg.train.out_dir, cfg.train.steps) == ("d", "sft", "o", 5)
+    a = build_parser().parse_args(["train", "data.path=/x", "train.steps=7", "--algo", "sft"])  # bare KEY=VALUE
+    cfg = _load(a, TRAIN_FLAGS)
+    assert (cfg.data.path, cfg.train.steps, cfg.algo.name) == ("/x", 7, "sft")
