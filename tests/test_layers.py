@@ -1,12 +1,14 @@
 """Imports run downward only: config/checkpoint/plots -> data -> models | sim -> algo -> train | ros ->
 benchmark, demo -> cli (docs/design.md §1). Every import in the package, also those inside functions,
-is checked, so a reader can follow data -> batch -> loss -> checkpoint -> node without going back."""
+is checked, so a reader can follow data -> batch -> loss -> checkpoint -> node without going back.
+No function in the package, the ROS 2 package or the benches is longer than MAX_FUNCTION_LINES."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "qsft_robot"
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "qsft_robot"
 LAYERS = [  # lowest first; modules of one layer may import each other unless listed in INDEPENDENT
     {"qsft_robot.config", "qsft_robot.checkpoint", "qsft_robot.plots"},
     {"qsft_robot.data"},
@@ -74,3 +76,35 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     assert _imports(f, "qsft_robot.data.m") == {"qsft_robot.cli"}
     f.write_text("def g():\n    from .sibling import x\n")
     assert _imports(f, "qsft_robot.data.m") == {"qsft_robot.data.sibling"}
+
+
+MAX_FUNCTION_LINES = 60  # def line to the last line; a nested function counts in its parent and on its own
+SIZED_TREES = [PKG, ROOT / "ros2_ws" / "src" / "qsft_robot", ROOT / "bench"]
+
+
+def _long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[tuple[int, str, int]]:
+    """Every function or method in `path` longer than `limit` lines: (def line, name, length)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            if n > limit:
+                out.append((node.lineno, node.name, n))
+    return out
+
+
+def test_no_function_is_longer_than_the_limit():
+    """A long function hides its steps: split it into named helpers, each a step a reader can take or skip."""
+    paths = [p for tree in SIZED_TREES for p in sorted(tree.rglob("*.py"))]
+    assert all(tree.is_dir() for tree in SIZED_TREES) and len(paths) > 20, paths  # the trees moved?
+    bad = [f"{path.relative_to(ROOT)}:{line} {name} ({n} lines)"
+           for path in paths for line, name, n in _long_functions(path)]
+    assert not bad, f"functions longer than {MAX_FUNCTION_LINES} lines (split them):\n" + "\n".join(bad)
+
+
+def test_the_length_checker_sees_methods_and_async_functions(tmp_path):
+    f = tmp_path / "m.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    f.write_text("class C:\n    def short(self):\n        pass\n    def m(self):\n" + body.replace("    ", "        ")
+                 + "async def a():\n" + body + "def at_the_limit():\n" + body[body.index("\n") + 1:])
+    assert sorted(_long_functions(f)) == [(4, "m", 61), (65, "a", 61)]

@@ -127,7 +127,8 @@ class ActionTokenizer:
             else:
                 order = [int(i) for i in np.argsort(token_counts, kind="stable") if int(i) not in reserved]
             if len(order) < self.max_bins:
-                raise ValueError(f"least_used: the tokenizer has {len(order)} ordinary ids, {self.max_bins} bins needed")
+                raise ValueError(f"least_used: the tokenizer has {len(order)} ordinary ids, "
+                                 f"{self.max_bins} bins needed")
             self.vocab_ids = sorted(order[: self.max_bins])
         else:
             raise ValueError(f"unknown action-token mapping {mapping!r}")

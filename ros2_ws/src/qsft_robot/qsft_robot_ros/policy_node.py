@@ -89,6 +89,16 @@ def image_qos(reliability: str, depth: int) -> QoSProfile:
 class PolicyNode(Node):
     def __init__(self):
         super().__init__("qsft_policy")
+        self._read_parameters()
+        self._init_state()
+        self._create_publishers()
+        self._load_policy()
+        self._create_inputs()
+        self._log_startup()
+
+    # ---- start-up: the order matters (fail() needs the state and the publishers) ----------------
+    def _read_parameters(self) -> None:
+        """Declare every parameter, then build what they fix for the node's life: profile, limits, watchdog."""
         for k, (v, desc) in PARAM_SPECS.items():
             self.declare_parameter(k, v, ParameterDescriptor(description=desc))
         p = {k: self.get_parameter(k).value for k in PARAMS}
@@ -102,7 +112,8 @@ class PolicyNode(Node):
         self.fault_spec = parse_fault(p["inject_fault"])
         self.fault_calls = 0
 
-        # shared state, guarded by `lock` (taken for short, never during inference)
+    def _init_state(self) -> None:
+        """Set the state the callback groups share, guarded by `lock` (taken for short, never during inference)."""
         self.lock = threading.Lock()
         self.frame: np.ndarray | None = None
         self.frame_origin: float | None = None  # monotonic time the newest frame counts as taken
@@ -129,20 +140,29 @@ class PolicyNode(Node):
         self.wait_ms = 0.0              # frame received -> inference started
         self.frame_to_command_ms = 0.0  # frame received -> command published: what the robot feels
         self.tick_times: list[float] = []
-        self.instruction = self._bounded(p["instruction"])
+        self.instruction = self._bounded(self.p["instruction"])
 
+    def _command_topic(self) -> str:
+        """Name the commands' topic: the robot's only with enable_actuation, else the preview topic (dry run)."""
+        return self.p["command_topic"] if self.p["enable_actuation"] else self.p["preview_topic"]
+
+    def _create_publishers(self) -> None:
+        """Create the callback groups and the publishers, before the policy loads: a load failure must stop + report."""
+        p = self.p
         self.safety_group = MutuallyExclusiveCallbackGroup()
         self.input_group = MutuallyExclusiveCallbackGroup()
         self.inference_group = MutuallyExclusiveCallbackGroup()
 
         msg_type = Twist if self.profile.kind == "base" else (
             JointTrajectory if self.profile.arm_message == "joint_trajectory" else Float64MultiArray)
-        topic = p["command_topic"] if p["enable_actuation"] else p["preview_topic"]
-        self.cmd_pub = self.create_publisher(msg_type, topic, 10)
+        self.cmd_pub = self.create_publisher(msg_type, self._command_topic(), 10)
         self.status_pub = self.create_publisher(String, p["status_topic"], 10)
         self.source_pub = (self.create_publisher(String, p["command_source_topic"], 10)
                            if p["command_source_topic"] else None)
 
+    def _load_policy(self) -> None:
+        """Load the policy and check its action size against the profile; any failure is a load fault (exit 2)."""
+        p = self.p
         self.policy = None
         try:
             self.policy = load_policy(p["policy"], p["checkpoint"], p["mode"], p["device"],
@@ -154,6 +174,9 @@ class PolicyNode(Node):
         except Exception as e:  # noqa: BLE001 - any load error is reported as a fault, never swallowed
             self.fail(f"policy could not be loaded: {type(e).__name__}: {e}", EXIT_LOAD_FAILED)
 
+    def _create_inputs(self) -> None:
+        """Subscribe to the inputs, start the watchdog and the inference trigger; the policy is in place by now."""
+        p = self.p
         qos = image_qos(p["image_reliability"], p["image_depth"])
         events = SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos)
         if p["compressed"]:
@@ -172,6 +195,11 @@ class PolicyNode(Node):
         self.frame_ready = self.create_guard_condition(self.on_frame_ready, callback_group=self.inference_group)
         self.add_on_set_parameters_callback(self.on_set_parameters)
         self.add_post_set_parameters_callback(self.on_parameters_set)
+
+    def _log_startup(self) -> None:
+        """Say what the node drives and where, and warn about risky timing and armed test faults."""
+        p = self.p
+        topic = self._command_topic()
         self.get_logger().info(f"qsft policy node: profile {self.profile.name}, policy {p['policy']}, "
                                f"{'ACTUATING on ' + topic if p['enable_actuation'] else 'dry run on ' + topic}")
         warning = timing_warning(self.max_age, float(p["control_hz"]))

@@ -165,22 +165,37 @@ class SimBridge(Node):
 
     def run_lockstep(self, stopping: threading.Event) -> bool:
         """Run the episodes; True when every one ran. The final /sim/status says how far it got and why."""
-        episodes, retries, in_a_row, max_resends = int(self.p["episodes"]), 0, 0, int(self.p["max_resends"])
+        episodes = int(self.p["episodes"])
         if not self.wait_for_node(stopping):
-            why = "stopped" if stopping.is_set() else (
-                self.crashed or f"no policy node on the camera/command topics within {self.p['node_timeout']}s")
-            self.get_logger().error(f"lockstep not started: {why}")
-            self.publish_status(finished=True, successes=0, episodes=0, results=[], resends=0, aborted=why)
+            self._report_not_started(stopping)
             return False
         self.instr_pub.publish(String(data=self.env.instruction))
-        aborted = None
+        aborted, retries = self._run_episodes(episodes, stopping)
+        self._report_lockstep(episodes, retries, aborted)
+        return aborted is None
+
+    def _report_not_started(self, stopping: threading.Event) -> None:
+        """Say why no episode ran (signal, crashed callback or no node), in the log and the final status."""
+        why = "stopped" if stopping.is_set() else (
+            self.crashed or f"no policy node on the camera/command topics within {self.p['node_timeout']}s")
+        self.get_logger().error(f"lockstep not started: {why}")
+        self.publish_status(finished=True, successes=0, episodes=0, results=[], resends=0, aborted=why)
+
+    def _run_episodes(self, episodes: int, stopping: threading.Event) -> tuple[str | None, int]:
+        """
+        Step until `episodes` episodes ran: one frame out, its command back, one step.
+
+        Return (the reason the run was aborted or None, the number of frames sent again). A frame
+        without a usable answer is sent again, but at most max_resends times in a row: a node that
+        does not answer at all must not keep the run waiting forever.
+        """
+        retries, in_a_row, max_resends = 0, 0, int(self.p["max_resends"])
         while self.episode < episodes:
             if stopping.is_set() or self.crashed:
-                aborted = self.crashed or "stopped by a signal"
-                break
+                return self.crashed or "stopped by a signal", retries
             if in_a_row > max_resends:
-                aborted = f"more than max_resends={max_resends} frames in a row sent again (the node does not answer)"
-                break
+                return (f"more than max_resends={max_resends} frames in a row sent again (the node does not answer)",
+                        retries)
             with self.cond:
                 self.commands.clear()
                 self.sources.clear()
@@ -189,37 +204,53 @@ class SimBridge(Node):
             action = self.answer(stamp_ns, published, stopping)
             if stopping.is_set() or self.crashed:
                 continue
-            if isinstance(action, str):  # the node acted on another instruction or state: send both again
-                if action == "instruction":
-                    self.instr_pub.publish(String(data=self.env.instruction))
+            if isinstance(action, str) or action is None:
                 retries += 1
                 in_a_row += 1
-                stopping.wait(0.05)
-                continue
-            if action is None:  # lost frame or a slow node: the same observation again, freshly stamped
-                retries += 1
-                in_a_row += 1
-                with self.cond:  # say which half went missing: the node's report, or the command itself
-                    seen = (f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
-                            f"{len(self.commands)} commands arrived")
-                self.get_logger().warning(f"no command within {self.p['step_timeout']}s ({seen}); frame sent again",
-                                          throttle_duration_sec=2.0)
+                self._before_resend(action, stamp_ns, stopping)
                 continue
             in_a_row = 0
-            self.obs, _, term, trunc, info = self.env.step(action)
-            self.success = bool(info["success"])
-            self.done = term or trunc
-            self.publish_status()
-            if self.done:
-                self.results.append({"seed": int(self.p["seed"]) + self.episode, "success": self.success,
-                                     "length": self.env.t, "final_state": [float(x) for x in self.obs["state"]]})
-                self.get_logger().info(f"episode {self.episode} seed {self.results[-1]['seed']}: "
-                                       f"success={self.success} in {self.env.t} steps")
-                self.episode += 1
-                if self.episode < episodes:
-                    self.obs, _ = self.env.reset(seed=int(self.p["seed"]) + self.episode)
-                    self.done = self.success = False
-                    self.instr_pub.publish(String(data=self.env.instruction))
+            self._step(action, episodes)
+        return None, retries
+
+    def _before_resend(self, missed: str | None, stamp_ns: int, stopping: threading.Event) -> None:
+        """
+        Prepare to send the frame again, after answer() gave no command for it (`missed`).
+
+        "instruction" or "state": the node acted on another instruction or state, so both go again
+        (the instruction now, the state with the frame). None: a lost frame or a slow node, so the
+        same observation goes again, freshly stamped; the warning says which half went missing.
+        """
+        if isinstance(missed, str):
+            if missed == "instruction":
+                self.instr_pub.publish(String(data=self.env.instruction))
+            stopping.wait(0.05)
+            return
+        with self.cond:  # say which half went missing: the node's report, or the command itself
+            seen = (f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
+                    f"{len(self.commands)} commands arrived")
+        self.get_logger().warning(f"no command within {self.p['step_timeout']}s ({seen}); frame sent again",
+                                  throttle_duration_sec=2.0)
+
+    def _step(self, action: np.ndarray, episodes: int) -> None:
+        """Apply the node's command for one step; at an episode's end record it and reset for the next one."""
+        self.obs, _, term, trunc, info = self.env.step(action)
+        self.success = bool(info["success"])
+        self.done = term or trunc
+        self.publish_status()
+        if self.done:
+            self.results.append({"seed": int(self.p["seed"]) + self.episode, "success": self.success,
+                                 "length": self.env.t, "final_state": [float(x) for x in self.obs["state"]]})
+            self.get_logger().info(f"episode {self.episode} seed {self.results[-1]['seed']}: "
+                                   f"success={self.success} in {self.env.t} steps")
+            self.episode += 1
+            if self.episode < episodes:
+                self.obs, _ = self.env.reset(seed=int(self.p["seed"]) + self.episode)
+                self.done = self.success = False
+                self.instr_pub.publish(String(data=self.env.instruction))
+
+    def _report_lockstep(self, episodes: int, retries: int, aborted: str | None) -> None:
+        """Log the successes (and why the run was aborted, if it was) and publish the final status."""
         n = sum(r["success"] for r in self.results)
         # with a state topic, every applied command was computed from this frame's state (answer() checks)
         state = f", proprio state on {self.p['state_topic']}" if self.state_pub is not None else ""
@@ -229,7 +260,6 @@ class SimBridge(Node):
             self.get_logger().error(f"lockstep aborted after {len(self.results)}/{episodes} episodes: {aborted}")
         self.publish_status(finished=True, successes=n, episodes=len(self.results), results=self.results,
                             resends=retries, **({"aborted": aborted} if aborted else {}))
-        return aborted is None
 
 
 def main(args=None) -> None:
