@@ -239,7 +239,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--quality", default="biased",
                    help="operator preset of the collected data: biased | stitch (see sim/experts.py) | mixed | poor")
     p.add_argument("--bc-steps", type=int, default=1000)
-    p.add_argument("--q-steps", type=int, default=500)
+    p.add_argument("--q-steps", type=int, default=1000)  # = BenchSpec.q_steps (benchmark is imported lazily)
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--eval-seed", type=int, default=1000,
                    help="first evaluation episode seed (1000: the reported runs; tune on others, e.g. 5000)")

@@ -14,7 +14,7 @@ from qsft_robot.config import load_config
 
 logger = logging.getLogger(__name__)
 
-FULL = {"episodes": 200, "steps": 1000, "q_steps": 500, "eval_episodes": 50}
+FULL = {"episodes": 200, "steps": 1000, "q_steps": 1000, "eval_episodes": 50}
 QUICK = {"episodes": 40, "steps": 30, "q_steps": 15, "eval_episodes": 10}
 # what configs/demo.yaml says, applied when no --config is given (an installed package has no configs/)
 RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=base_goto_red", "algo.num_bins=32",
