@@ -168,14 +168,19 @@ def cmd_qvalues(a) -> int:
     return 0
 
 
-def cmd_benchmark(a) -> int:
-    from qsft_robot.benchmark import TUNED_Q, BenchSpec, format_markdown, run_benchmark
+def benchmark_spec(a):
+    """The benchmark's BenchSpec from its flags; flags left out keep BenchSpec's defaults (written only there)."""
+    from dataclasses import fields
 
-    spec = BenchSpec(tasks=a.tasks, seeds=a.seeds, episodes=a.episodes, quality=a.quality,
-                     bc_steps=a.bc_steps, q_steps=a.q_steps, config=a.config or "",
-                     eval_episodes=a.eval_episodes, eval_seed=a.eval_seed, overrides=a.overrides or [],
-                     q_overrides=a.q_overrides if a.q_overrides is not None else list(TUNED_Q))
-    res = run_benchmark(spec, a.out)
+    from qsft_robot.benchmark import BenchSpec
+
+    return BenchSpec(**{f.name: getattr(a, f.name) for f in fields(BenchSpec) if getattr(a, f.name, None) is not None})
+
+
+def cmd_benchmark(a) -> int:
+    from qsft_robot.benchmark import format_markdown, run_benchmark
+
+    res = run_benchmark(benchmark_spec(a), a.out)
     print(format_markdown(res) + f"\nplot: {Path(a.out) / 'offline_rl.png'}")
     return 0
 
@@ -233,15 +238,17 @@ def _add_demo_and_qvalues(sub) -> None:
 
 def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
-    p.add_argument("--tasks", nargs="+", default=["arm_reach_red", "base_goto_red"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--quality", default="biased",
+    # no defaults here: a flag left out keeps benchmark.BenchSpec's (arm_reach_red base_goto_red, seeds 0 1 2,
+    # 200 biased episodes, BC 1000 / Q-SFT 1000 steps, 50 eval episodes from seed 1000, Q-SFT with TUNED_Q)
+    p.add_argument("--tasks", nargs="+")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--quality",
                    help="operator preset of the collected data: biased | stitch (see sim/experts.py) | mixed | poor")
-    p.add_argument("--bc-steps", type=int, default=1000)
-    p.add_argument("--q-steps", type=int, default=1000)  # = BenchSpec.q_steps (benchmark is imported lazily)
-    p.add_argument("--eval-episodes", type=int, default=50)
-    p.add_argument("--eval-seed", type=int, default=1000,
+    p.add_argument("--bc-steps", type=int)
+    p.add_argument("--q-steps", type=int)
+    p.add_argument("--eval-episodes", type=int)
+    p.add_argument("--eval-seed", type=int,
                    help="first evaluation episode seed (1000: the reported runs; tune on others, e.g. 5000)")
     p.add_argument("--config", help="YAML config every run starts from (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="every run")

@@ -58,3 +58,17 @@ def test_train_flags_are_config_keys():
     a = build_parser().parse_args(["train", "data.path=/x", "train.steps=7", "--algo", "sft"])  # bare KEY=VALUE
     cfg = _load(a, TRAIN_FLAGS)
     assert (cfg.data.path, cfg.train.steps, cfg.algo.name) == ("/x", 7, "sft")
+
+
+def test_benchmark_flags_default_to_benchspec_and_pass_through():
+    """The benchmark's defaults live in BenchSpec only: flags left out keep them, flags given replace them."""
+    from qsft_robot.benchmark import BenchSpec
+    from qsft_robot.cli import benchmark_spec, build_parser
+
+    assert benchmark_spec(build_parser().parse_args(["benchmark"])) == BenchSpec()
+    spec = benchmark_spec(build_parser().parse_args(
+        ["benchmark", "--tasks", "base_goto_red", "--seeds", "4", "--q-steps", "7", "--quality", "stitch",
+         "--set", "train.lr=0.1", "--q-set", "algo.gamma=0.5", "--config", "c.yaml"]))
+    assert (spec.tasks, spec.seeds, spec.q_steps, spec.quality) == (["base_goto_red"], [4], 7, "stitch")
+    assert (spec.overrides, spec.q_overrides, spec.config) == (["train.lr=0.1"], ["algo.gamma=0.5"], "c.yaml")
+    assert spec.bc_steps == BenchSpec().bc_steps and spec.eval_seed == BenchSpec().eval_seed

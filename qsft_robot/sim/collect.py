@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -66,10 +65,3 @@ def collect_episodes(task: str, episodes: int, quality: str = "mixed", seed: int
     rate = np.mean([e.success for e in out])
     logger.info("collected %d episodes of %s: success rate %.2f", len(out), task, rate)
     return out
-
-
-def collect_to_lerobot(task: str, out: str | Path, **kw) -> Path:
-    from qsft_robot.data.lerobot_writer import write_lerobot_v30
-
-    eps = collect_episodes(task, **kw)
-    return write_lerobot_v30(eps, out, fps=FPS, robot_type=task)
