@@ -48,6 +48,8 @@ class BenchSpec:
     overrides: list = field(default_factory=list)    # applied to every run, e.g. algo.num_bins=32
     q_overrides: list = field(default_factory=lambda: list(TUNED_Q))  # Q-SFT only
     config: str = ""                # YAML config every run starts from ("": the defaults)
+    multitask: bool = False         # one policy per method and seed over all tasks' data, evaluated per task
+    workers: int = 1                # collection processes (rendering is most of a Meta-World step)
 
 
 def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list,
@@ -61,56 +63,106 @@ def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list,
     return train(cfg), time.perf_counter() - t
 
 
-def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
-    from qsft_robot.algo.policy import load_policy
+def _dataset(spec: BenchSpec, out: Path, task: str) -> tuple[Path, float]:
+    """The task's dataset under out/<task>/dataset, collected once and reused after (same spec only):
+    (its path, its success rate)."""
     from qsft_robot.data.lerobot_writer import write_lerobot_v30
     from qsft_robot.sim.collect import FPS, collect_episodes
-    from qsft_robot.sim.evaluate import evaluate, wilson_interval
 
-    out = Path(out)
-    results: dict = {"spec": asdict(spec), "tasks": {}}
+    data = out / task / "dataset"
+    made_with = {"episodes": spec.episodes, "quality": spec.quality, "seed": 0, "image_size": 64}
+    spec_file = out / task / "dataset_spec.json"
+    if not (data / "meta" / "info.json").is_file():
+        eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64, workers=spec.workers)
+        write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
+        spec_file.write_text(json.dumps(made_with))
+        return data, float(np.mean([e.success for e in eps]))
+    # reuse the dataset (and finished runs, which resume at their last step): same data only
+    if spec_file.is_file() and json.loads(spec_file.read_text()) != made_with:
+        raise ValueError(f"{data} was collected with {spec_file.read_text()}, not {made_with}: use another --out")
+    from qsft_robot.data.sources import open_dataset
+    return data, float(np.mean([e.success for e in open_dataset(data).iter_episodes(images=False)]))
+
+
+def _union_dataset(datasets: list[Path], out: Path) -> Path:
+    """One LeRobot dataset holding every task's episodes (each keeps its own instruction): the training
+    data of the multi-task policy. Rebuilt only when the task datasets it was made from change."""
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
+    from qsft_robot.data.sources import open_dataset
+    from qsft_robot.sim.collect import FPS
+
+    made_from = [str(d) for d in datasets]
+    spec_file = out / "union_of.json"
+    if (out / "dataset" / "meta" / "info.json").is_file() and spec_file.is_file() \
+            and json.loads(spec_file.read_text()) == made_from:
+        return out / "dataset"
+    eps = [ep for d in datasets for ep in open_dataset(d).episodes()]
+    write_lerobot_v30(eps, out / "dataset", fps=FPS, robot_type="multitask")
+    spec_file.write_text(json.dumps(made_from))
+    return out / "dataset"
+
+
+def _train_methods(spec: BenchSpec, data: Path, run: Path, seed: int) -> dict[str, tuple[Path, float]]:
+    """BC, filtered BC and Q-SFT (pi_beta = this seed's BC model) on `data`: {method: (checkpoint, seconds)}."""
     base_sets = [*BASE_SETS, *spec.overrides]
-    for task in spec.tasks:
-        data = out / task / "dataset"
-        made_with = {"episodes": spec.episodes, "quality": spec.quality, "seed": 0, "image_size": 64}
-        spec_file = out / task / "dataset_spec.json"
-        if not (data / "meta" / "info.json").is_file():
-            eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64)
-            write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
-            spec_file.write_text(json.dumps(made_with))
-            data_success = float(np.mean([e.success for e in eps]))
-        else:  # reuse the dataset (and finished runs, which resume at their last step): same data only
-            if spec_file.is_file() and json.loads(spec_file.read_text()) != made_with:
-                raise ValueError(f"{data} was collected with {spec_file.read_text()}, not {made_with}: "
-                                 f"use another --out")
-            from qsft_robot.data.sources import open_dataset
-            data_success = float(np.mean([e.success for e in open_dataset(data).iter_episodes(images=False)]))
-        runs = {m: [] for m in METHODS}
+    done = {}
+    for m in METHODS:
+        steps = spec.q_steps if m == "qsft" else spec.bc_steps
+        sets = [*base_sets, f"algo.behavior_init={done['sft'][0]}", *spec.q_overrides] if m == "qsft" else base_sets
+        done[m] = _train(data, run / m, m, steps, seed, sets, spec.config)
+    return done
+
+
+def _evaluate_methods(spec: BenchSpec, ckpts: dict, task: str, run: Path, seed: int, runs: dict) -> None:
+    """Every method's checkpoint on `task`'s held-out episode seeds; appends one record per method to runs."""
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.sim.evaluate import evaluate
+
+    for m, (ckpt, t) in ckpts.items():
+        s = evaluate(load_policy(ckpt), task, episodes=spec.eval_episodes, seed=spec.eval_seed, num_envs=10,
+                     videos=1 if seed == spec.seeds[0] else 0, out_dir=run / "eval", label=f"{m}_seed{seed}")
+        runs[m].append({"seed": seed, "success": s["success_rate"], "n": s["episodes"], "train_s": t,
+                        "checkpoint": str(ckpt), "videos": s["videos"]})
+
+
+def _rows(runs: dict) -> dict:
+    """Per method: mean over seeds, per-seed numbers, Wilson 95% interval over all pooled episodes."""
+    from qsft_robot.sim.evaluate import wilson_interval
+
+    rows = {}
+    for m in METHODS:
+        k = sum(round(r["success"] * r["n"]) for r in runs[m])
+        n = sum(r["n"] for r in runs[m])
+        rows[m] = {"mean": float(np.mean([r["success"] for r in runs[m]])),
+                   "per_seed": [r["success"] for r in runs[m]], "ci95": list(wilson_interval(k, n)), "n": n,
+                   "train_s": float(np.mean([r["train_s"] for r in runs[m]]))}
+    return rows
+
+
+def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
+    """Per task (or, with spec.multitask, one policy over the union of the tasks' data): train every
+    method for every seed, evaluate per task; write results.json, results.md and offline_rl.png."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    results: dict = {"spec": asdict(spec), "tasks": {}}
+    datasets = {task: _dataset(spec, out, task) for task in spec.tasks}
+    runs = {task: {m: [] for m in METHODS} for task in spec.tasks}
+    if spec.multitask:
+        union = _union_dataset([d for d, _ in datasets.values()], out / "multitask")
         for seed in spec.seeds:
-            run = out / task / f"seed{seed}"
-            ckpts = {}
-            ckpts["sft"], t_sft = _train(data, run / "sft", "sft", spec.bc_steps, seed, base_sets, spec.config)
-            ckpts["filtered_bc"], t_fbc = _train(data, run / "filtered_bc", "filtered_bc", spec.bc_steps, seed,
-                                                 base_sets, spec.config)
-            ckpts["qsft"], t_q = _train(data, run / "qsft", "qsft", spec.q_steps, seed,
-                                        [*base_sets, f"algo.behavior_init={ckpts['sft']}", *spec.q_overrides],
-                                        spec.config)
-            for m, t in zip(METHODS, (t_sft, t_fbc, t_q)):
-                s = evaluate(load_policy(ckpts[m]), task, episodes=spec.eval_episodes, seed=spec.eval_seed,
-                             num_envs=10, videos=1 if seed == spec.seeds[0] else 0, out_dir=run / "eval",
-                             label=f"{m}_seed{seed}")
-                runs[m].append({"seed": seed, "success": s["success_rate"], "n": s["episodes"],
-                                "train_s": t, "checkpoint": str(ckpts[m]), "videos": s["videos"]})
-        rows = {}
-        for m in METHODS:
-            k = sum(round(r["success"] * r["n"]) for r in runs[m])
-            n = sum(r["n"] for r in runs[m])
-            rows[m] = {"mean": float(np.mean([r["success"] for r in runs[m]])),
-                       "per_seed": [r["success"] for r in runs[m]], "ci95": list(wilson_interval(k, n)), "n": n,
-                       "train_s": float(np.mean([r["train_s"] for r in runs[m]]))}
-        results["tasks"][task] = {"data_success": data_success, "rows": rows, "runs": runs}
+            ckpts = _train_methods(spec, union, out / "multitask" / f"seed{seed}", seed)
+            for task in spec.tasks:
+                _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs[task])
+    else:
+        for task in spec.tasks:
+            for seed in spec.seeds:
+                ckpts = _train_methods(spec, datasets[task][0], out / task / f"seed{seed}", seed)
+                _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs[task])
+    for task in spec.tasks:
+        results["tasks"][task] = {"data_success": datasets[task][1], "rows": _rows(runs[task]), "runs": runs[task]}
         (out / task).mkdir(parents=True, exist_ok=True)
         (out / task / "results.json").write_text(json.dumps(results["tasks"][task], indent=2))
+    results["wall_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(format_markdown(results))
     plot_benchmark(results, out / "offline_rl.png")
@@ -124,12 +176,22 @@ def format_markdown(results: dict) -> str:
              f"{spec['eval_episodes']} eval episodes x seeds {spec['seeds']}.", "",
              "| task | data success | method | mean success | per seed | 95% CI (pooled) |",
              "|---|---|---|---|---|---|"]
-    for task, r in results["tasks"].items():
+    if spec.get("multitask"):
+        lines[0] += " One policy per method and seed over all tasks' data (the instruction tells them apart)."
+    tasks = results["tasks"]
+    for task, r in tasks.items():
         for m in METHODS:
             row = r["rows"][m]
             lines.append(f"| {task} | {r['data_success']:.2f} | {LABELS[m]} | {row['mean']:.2f} | "
                          f"{', '.join(f'{x:.2f}' for x in row['per_seed'])} | "
                          f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] |")
+    if len(tasks) > 1:
+        for m in METHODS:
+            per_seed = np.mean([r["rows"][m]["per_seed"] for r in tasks.values()], axis=0)
+            lines.append(f"| task average | {np.mean([r['data_success'] for r in tasks.values()]):.2f} | "
+                         f"{LABELS[m]} | {np.mean(per_seed):.2f} | {', '.join(f'{x:.2f}' for x in per_seed)} | |")
+    if "wall_s" in results:
+        lines += ["", f"Wall time: {results['wall_s'] / 60:.1f} min (collection, training and evaluation)."]
     return "\n".join(lines) + "\n"
 
 

@@ -240,7 +240,8 @@ def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
     # no defaults here: a flag left out keeps benchmark.BenchSpec's (arm_reach_red base_goto_red, seeds 0 1 2,
     # 200 biased episodes, BC 1000 / Q-SFT 1000 steps, 50 eval episodes from seed 1000, Q-SFT with TUNED_Q)
-    p.add_argument("--tasks", nargs="+")
+    p.add_argument("--tasks", nargs="+", help="built-in tasks (sim/registry.py) or metaworld/<env-name>, e.g. "
+                   "metaworld/button-press-topdown-v3 (the metaworld extra)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--episodes", type=int)
     p.add_argument("--quality",
@@ -254,6 +255,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="every run")
     p.add_argument("--q-set", dest="q_overrides", action="append", metavar="KEY=VALUE",
                    help="Q-SFT runs only (replaces the tuned defaults)")
+    p.add_argument("--multitask", action="store_true", default=None,
+                   help="one policy per method and seed over the union of the tasks' data, evaluated per task")
+    p.add_argument("--workers", type=int, help="collection processes (default 1)")
     p.add_argument("--out", default="outputs/offline_rl")
     p.set_defaults(fn=cmd_benchmark)
 

@@ -178,3 +178,27 @@ def test_benchmark_refuses_a_dataset_collected_otherwise(tmp_path):
         json.dumps({"episodes": 200, "quality": "biased", "seed": 0, "image_size": 64}))
     with pytest.raises(ValueError, match="'quality': 'stitch'"):
         run_benchmark(BenchSpec(tasks=["base_goto_red"], quality="stitch"), tmp_path)
+
+
+def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
+    """--multitask: one dataset per task, their union as the training data, one run per method and
+    seed, each evaluated on every task (tiny sizes: this checks the wiring, not the numbers)."""
+    from qsft_robot.benchmark import METHODS, BenchSpec, run_benchmark
+    from qsft_robot.data.sources import open_dataset
+
+    tasks = ["arm_reach_red", "arm_push"]
+    spec = BenchSpec(tasks=tasks, seeds=[0], episodes=3, bc_steps=2, q_steps=2, eval_episodes=2, multitask=True,
+                     overrides=["train.batch_size=4"])
+    res = run_benchmark(spec, tmp_path)
+    union = open_dataset(tmp_path / "multitask" / "dataset").episodes()
+    instructions = {ep.instruction for ep in union}
+    assert len(union) == 6 and any("push" in i for i in instructions) and any("push" not in i for i in instructions)
+    assert sorted(p.name for p in (tmp_path / "multitask" / "seed0").iterdir()) == sorted(METHODS)
+    assert not (tmp_path / "arm_push" / "seed0" / "sft").exists()   # no per-task training runs
+    for task in tasks:
+        rows = res["tasks"][task]["rows"]
+        assert all(rows[m]["n"] == 2 for m in METHODS)
+        ckpts = {r["checkpoint"] for m in METHODS for r in res["tasks"][task]["runs"][m]}
+        assert all("multitask" in c for c in ckpts)
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("| task average |") == 3 and "One policy per method and seed" in md and "Wall time" in md

@@ -85,6 +85,26 @@ def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     assert "terminate called" not in out
 
 
+def test_ros_lockstep_drives_a_metaworld_task(report):
+    """A Gymnasium task (Meta-World, issue 21) behind the same bridge: 4-D end-effector commands on the arm
+    topic, frames from its own camera; the episodes equal the in-process ones step for step."""
+    pytest.importorskip("metaworld", reason="install the 'metaworld' extra (README: Meta-World)")
+    from qsft_robot.ros.scripted_policy import ColorSeekPolicy
+
+    task, episodes, max_steps = "metaworld/reach-v3", 2, 25
+    ref = in_process_rollouts(ColorSeekPolicy(4), task, [SEEDS, SEEDS + 1], max_steps)
+    final, t_ros, out, _ = closed_loop_through_ros(
+        "arm", 180, dict(policy="color_seek", command_topic=COMMAND_TOPIC["arm"], max_image_age=2.0),
+        dict(task=task, seed=SEEDS, episodes=episodes, command_topic=COMMAND_TOPIC["arm"], step_timeout=1.0,
+             max_steps=max_steps), preview_type=Float64MultiArray)
+    lengths = [r["length"] for r in final["results"]]
+    report(f"{task} x{episodes} through ROS lockstep: {t_ros:.1f}s, lengths {lengths} vs in process "
+           f"{[r['length'] for r in ref]}; {final['resends']} frames resent")
+    assert final["episodes"] == episodes and lengths == [r["length"] for r in ref]
+    ros_final, ref_final = [r["final_state"] for r in final["results"]], [r["final_state"] for r in ref]
+    assert np.allclose(ros_final, ref_final, atol=1e-4), (ros_final, ref_final)
+
+
 def in_process_rollouts(policy, task: str, seeds: list[int], max_steps: int) -> list[dict]:
     """The loop `evaluate` runs, one env at a time, keeping each episode's final proprio state."""
     from qsft_robot.sim.registry import make_task

@@ -14,12 +14,12 @@ FPS = 10
 
 
 def rollout_expert(task: str, seed: int, quality: str, image_size: int) -> Episode:
-    from qsft_robot.sim.experts import ScriptedExpert
+    from qsft_robot.sim.experts import make_expert
     from qsft_robot.sim.registry import make_task
 
     env = make_task(task, image_size=image_size)
     obs, _ = env.reset(seed=seed)
-    expert = ScriptedExpert(env, quality, seed=seed + 7919)
+    expert = make_expert(env, quality, seed=seed + 7919)
     degradation = expert.reset()
     frames, states, actions, rewards = [], [], [], []
     terminated = False

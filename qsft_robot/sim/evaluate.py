@@ -31,6 +31,7 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
              label: str = "policy") -> dict:
     """policy: any object with act(images (N, cams, H, W, 3), instructions, states) -> (N, D)."""
     out_dir = Path(out_dir) if out_dir else None
+    slug = task.replace("/", "_")   # file names: metaworld/<env> tasks carry a slash
     results = []
     seeds = list(range(seed, seed + episodes))
     bar = tqdm(total=episodes, desc=f"eval {label} on {task}", unit="ep")
@@ -60,7 +61,7 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
         for i, env in enumerate(envs):
             info[i].update(seed=batch_seeds[i], instruction=env.instruction)
             if i in frames and out_dir is not None:
-                path = out_dir / "videos" / f"{label}_{task}_seed{batch_seeds[i]}.mp4"
+                path = out_dir / "videos" / f"{label}_{slug}_seed{batch_seeds[i]}.mp4"
                 write_mp4(path, np.stack(frames[i]), fps=10)
                 info[i]["video"] = str(path)
             env.close()
@@ -74,7 +75,7 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
                "videos": [r["video"] for r in results if "video" in r], "per_episode": results}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"eval_{label}_{task}.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / f"eval_{label}_{slug}.json").write_text(json.dumps(summary, indent=2))
     logger.info("%s on %s: success %.2f [%.2f, %.2f] over %d episodes", label, task, summary["success_rate"],
                 lo, hi, len(results))
     return summary

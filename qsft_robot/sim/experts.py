@@ -37,6 +37,26 @@ class Quality:
         return presets[name]
 
 
+def draw_stop_and_switch(rng: np.random.Generator, q: Quality, max_steps: int) -> tuple[int | None, int | None]:
+    """The step the operator freezes at (a hesitation that times out) and the step it changes its mind
+    at, or None each; drawn in this order after the wrong-target draw, so a preset's data is the same
+    on every task family that uses it."""
+    stops = rng.random() < q.early_stop
+    stop_at = int(rng.integers(2, max(3, max_steps // 2))) if stops else None
+    switches = q.switch > 0 and rng.random() < q.switch  # no draw otherwise: older presets' data stays
+    switch_at = int(rng.integers(int(0.15 * max_steps), int(0.45 * max_steps) + 1)) if switches else None
+    return stop_at, switch_at
+
+
+def make_expert(env, quality: Quality | str = "expert", seed: int = 0):
+    """The degraded scripted operator for any task: the built-in tasks' own, or for a Gymnasium task
+    with a scripted policy (e.g. Meta-World's) the same quality knobs around that policy."""
+    if hasattr(env, "expert_action"):
+        from qsft_robot.sim.gym_experts import GymExpert
+        return GymExpert(env, quality, seed)
+    return ScriptedExpert(env, quality, seed)
+
+
 class ScriptedExpert:
     """Privileged controller (reads the sim state), degraded by `quality`."""
 
@@ -62,11 +82,7 @@ class ScriptedExpert:
                 self.aim = self._nearest_other()
             else:
                 self.aim = self.rng.choice(others)
-        stops = self.rng.random() < q.early_stop
-        self.stop_at = int(self.rng.integers(2, max(3, env.max_steps // 2))) if stops else None
-        switches = q.switch > 0 and self.rng.random() < q.switch  # no draw otherwise: older presets' data stays
-        self.switch_at = int(self.rng.integers(int(0.15 * env.max_steps), int(0.45 * env.max_steps) + 1)) \
-            if switches else None
+        self.stop_at, self.switch_at = draw_stop_and_switch(self.rng, q, env.max_steps)
         self.phase = 0
         return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None,
                 "switch": self.switch_at is not None}
