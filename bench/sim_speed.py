@@ -2,7 +2,7 @@
 task (PNG), all in one run; with Meta-World installed, its render settings per camera as well (the
 measurement behind sim/metaworld_tasks.py's choices).
 
-    python bench/sim_speed.py [--episodes 20] [--metaworld-only]
+    python bench/sim_speed.py [--episodes 20] [--metaworld | --metaworld-only]
 """
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from common import OUT, machine, table  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--metaworld", action="store_true", help="also Meta-World's render settings and tasks")
     ap.add_argument("--metaworld-only", action="store_true")
     a = ap.parse_args()
-    from qsft_robot.sim.metaworld_tasks import available
-
-    if available():
+    if a.metaworld or a.metaworld_only:
         metaworld_tables(a.episodes)
     if a.metaworld_only:
         return
@@ -94,6 +93,7 @@ def metaworld_tables(episodes: int) -> None:
         light = _render_ms(r, env.env.data, camera)
         rows.append([camera, f"{full:.1f}", f"{light:.1f}", f"{full / light:.2f}"])
         r.close()
+    env.close()
     table(f"Meta-World render, 64 px — {machine()}", ["camera", "ms default flags", "ms no shadow/reflection",
                                                       "speed-up"], rows)
     rows = []
@@ -102,7 +102,9 @@ def metaworld_tables(episodes: int) -> None:
         eps = [rollout_expert(name, s, "expert", 64) for s in range(episodes)]
         steps = sum(len(e.actions) for e in eps)
         frame = OUT / f"frame_{name.replace('/', '_')}.png"
-        cv2.imwrite(str(frame), make_task(name).reset(seed=0)[0]["images"]["corner2"][..., ::-1])
+        env = make_task(name)
+        cv2.imwrite(str(frame), env.reset(seed=0)[0]["images"]["corner2"][..., ::-1])
+        env.close()
         rows.append([name, f"{steps / (time.perf_counter() - t):.0f}", f"{np.mean([e.success for e in eps]):.2f}",
                      f"{np.mean([len(e.actions) for e in eps]):.0f}", str(frame)])
     table("Meta-World tasks (corner2, 64 px, scripted expert)", ["task", "steps/s incl. render", "expert success",

@@ -3,8 +3,10 @@
 Per task: collect one dataset (scripted operators, ~40% successful episodes), then for every
 training seed train BC ("sft") and filtered BC on it, and Q-SFT with pi_beta = that seed's BC model
 (frozen, docs/design.md §2.3's frozen variant; theta and theta_bar start from it), and evaluate every policy in
-closed loop on the same held-out episode seeds. Output: a markdown table (mean success over seeds,
-per-seed numbers, Wilson 95% interval over all pooled episodes), a PNG chart and a JSON file.
+closed loop on the same held-out episode seeds. With `multitask`, the three methods train once per seed
+on the union of the tasks' datasets (one policy; the instruction tells the tasks apart) and are evaluated
+on each task. Output: a markdown table (mean success over seeds, per-seed numbers, Wilson 95% interval
+over all pooled episodes, task averages), a PNG chart and a JSON file.
 """
 from __future__ import annotations
 
@@ -86,15 +88,20 @@ def _dataset(spec: BenchSpec, out: Path, task: str) -> tuple[Path, float]:
 
 def _union_dataset(datasets: list[Path], out: Path) -> Path:
     """One LeRobot dataset holding every task's episodes (each keeps its own instruction): the training
-    data of the multi-task policy. Rebuilt only when the task datasets it was made from change."""
+    data of the multi-task policy, at out/dataset. Built once; a folder built from other task datasets
+    is refused (its runs would resume as if finished), as `_dataset` refuses other collection settings.
+    The frames are decoded and encoded again (H.264, crf 18), one generation more than a single-task
+    run trains on; evaluation renders raw frames in both cases."""
     from qsft_robot.data.lerobot_writer import write_lerobot_v30
     from qsft_robot.data.sources import open_dataset
     from qsft_robot.sim.collect import FPS
 
     made_from = [str(d) for d in datasets]
     spec_file = out / "union_of.json"
-    if (out / "dataset" / "meta" / "info.json").is_file() and spec_file.is_file() \
-            and json.loads(spec_file.read_text()) == made_from:
+    if (out / "dataset").exists():
+        was = json.loads(spec_file.read_text()) if spec_file.is_file() else "unknown datasets"
+        if was != made_from:
+            raise ValueError(f"{out / 'dataset'} was built from {was}, not {made_from}: use another --out")
         return out / "dataset"
     eps = [ep for d in datasets for ep in open_dataset(d).episodes()]
     write_lerobot_v30(eps, out / "dataset", fps=FPS, robot_type="multitask")
@@ -139,33 +146,59 @@ def _rows(runs: dict) -> dict:
     return rows
 
 
+def _check_multitask(tasks: list[str]) -> None:
+    """One policy over several tasks needs one observation and action layout: refuse a mix before any
+    collection (say which task differs) rather than fail on the union dataset after it."""
+    from qsft_robot.sim.registry import make_task
+
+    layouts = {}
+    for task in tasks:
+        env = make_task(task)
+        obs, _ = env.reset(seed=0)
+        layouts[task] = (env.action_dim, env.camera, len(obs["state"]))
+        env.close()
+    if len(set(layouts.values())) > 1:
+        raise ValueError("--multitask needs tasks with the same (action dims, camera, state size); got "
+                         + ", ".join(f"{t}: {v}" for t, v in layouts.items()))
+
+
+def _task_result(results: dict, root: Path, task: str, data_success: float, runs: dict) -> None:
+    results["tasks"][task] = {"data_success": data_success, "rows": _rows(runs), "runs": runs}
+    (root / task).mkdir(parents=True, exist_ok=True)
+    (root / task / "results.json").write_text(json.dumps(results["tasks"][task], indent=2))
+
+
 def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
     """Per task (or, with spec.multitask, one policy over the union of the tasks' data): train every
-    method for every seed, evaluate per task; write results.json, results.md and offline_rl.png."""
+    method for every seed, evaluate per task; write results.json, results.md and offline_rl.png (under
+    out/multitask/ for a multi-task run, so that it never overwrites the single-task results beside it)."""
     out = Path(out)
     t0 = time.perf_counter()
     results: dict = {"spec": asdict(spec), "tasks": {}}
-    datasets = {task: _dataset(spec, out, task) for task in spec.tasks}
-    runs = {task: {m: [] for m in METHODS} for task in spec.tasks}
     if spec.multitask:
-        union = _union_dataset([d for d, _ in datasets.values()], out / "multitask")
+        _check_multitask(spec.tasks)
+    datasets = {task: _dataset(spec, out, task) for task in spec.tasks}
+    root = out / "multitask" if spec.multitask else out
+    if spec.multitask:
+        union = _union_dataset([d for d, _ in datasets.values()], root)
+        runs = {task: {m: [] for m in METHODS} for task in spec.tasks}
         for seed in spec.seeds:
-            ckpts = _train_methods(spec, union, out / "multitask" / f"seed{seed}", seed)
+            ckpts = _train_methods(spec, union, root / f"seed{seed}", seed)
             for task in spec.tasks:
-                _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs[task])
+                _evaluate_methods(spec, ckpts, task, root / task / f"seed{seed}", seed, runs[task])
+        for task in spec.tasks:
+            _task_result(results, root, task, datasets[task][1], runs[task])
     else:
         for task in spec.tasks:
+            runs = {m: [] for m in METHODS}
             for seed in spec.seeds:
                 ckpts = _train_methods(spec, datasets[task][0], out / task / f"seed{seed}", seed)
-                _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs[task])
-    for task in spec.tasks:
-        results["tasks"][task] = {"data_success": datasets[task][1], "rows": _rows(runs[task]), "runs": runs[task]}
-        (out / task).mkdir(parents=True, exist_ok=True)
-        (out / task / "results.json").write_text(json.dumps(results["tasks"][task], indent=2))
+                _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs)
+            _task_result(results, root, task, datasets[task][1], runs)
     results["wall_s"] = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(format_markdown(results))
-    plot_benchmark(results, out / "offline_rl.png")
+    (root / "results.json").write_text(json.dumps(results, indent=2))
+    (root / "results.md").write_text(format_markdown(results))
+    plot_benchmark(results, root / "offline_rl.png")
     return results
 
 

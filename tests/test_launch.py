@@ -162,3 +162,23 @@ def test_sim_launch_runs_the_closed_loop_in_one_command(ws_env, report):
     # reports it was computed with this frame's state (it sends both again otherwise, and gives up after
     # max_resends in a row: without the node's side of the wiring the launch fails)
     assert "proprio state on /sim/joint_states" in out and "lockstep aborted" not in out, out[-3000:]
+
+
+def test_sim_launch_drives_a_metaworld_task(ws_env, report):
+    """The README's Meta-World launch line (issue 21): a Gymnasium task behind the same bridge, arm profile."""
+    pytest.importorskip("metaworld", reason="install the 'metaworld' extra (README: Meta-World)")
+    from qsft_robot.ros.scripted_policy import ColorSeekPolicy
+    from qsft_robot.sim.evaluate import evaluate
+
+    ref = evaluate(ColorSeekPolicy(4), "metaworld/reach-v3", 1, 1000, num_envs=1, videos=0, max_steps=20)
+    t0 = time.monotonic()
+    proc = launch(ws_env, next_domain(), "task:=metaworld/reach-v3", "profile:=arm", "policy:=color_seek",
+                  "max_steps:=20", file="sim.launch.py")
+    try:
+        proc.wait(timeout=120)
+    finally:
+        out = finish(proc)
+    report(f"ros2 launch qsft_robot sim.launch.py task:=metaworld/reach-v3 profile:=arm: {time.monotonic() - t0:.1f}s")
+    assert proc.returncode == 0, out[-3000:]
+    assert f"metaworld/reach-v3: success {int(ref['success_rate'])}/1 (lockstep" in out, out[-3000:]
+    assert "episode 0 seed 1000: success=False in 20 steps" in out or ref["success_rate"] == 1, out[-3000:]

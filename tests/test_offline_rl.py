@@ -200,5 +200,17 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
         assert all(rows[m]["n"] == 2 for m in METHODS)
         ckpts = {r["checkpoint"] for m in METHODS for r in res["tasks"][task]["runs"][m]}
         assert all("multitask" in c for c in ckpts)
-    md = (tmp_path / "results.md").read_text()
+    md = (tmp_path / "multitask" / "results.md").read_text()   # beside, never over, single-task results
     assert md.count("| task average |") == 3 and "One policy per method and seed" in md and "Wall time" in md
+    assert not (tmp_path / "results.md").exists() and (tmp_path / "multitask" / "arm_push" / "results.json").is_file()
+    # a union built from other task datasets is refused (its finished runs would be taken for this one's)
+    with pytest.raises(ValueError, match="was built from"):
+        run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0], episodes=3, multitask=True), tmp_path)
+
+
+def test_benchmark_multitask_refuses_tasks_of_different_layouts(tmp_path):
+    from qsft_robot.benchmark import BenchSpec, run_benchmark
+
+    with pytest.raises(ValueError, match=r"same \(action dims, camera, state size\).*base_goto_red: \(2, 'ego'"):
+        run_benchmark(BenchSpec(tasks=["arm_reach_red", "base_goto_red"], multitask=True), tmp_path)
+    assert not any(tmp_path.iterdir())   # refused before collecting anything

@@ -13,6 +13,15 @@ COLORS = {
 }
 
 
+def checked_action(action, action_dim: int) -> np.ndarray:
+    """The action as (action_dim,) float64; a NaN or inf (a diverged policy, a corrupt command) is refused
+    here rather than handed to the physics, which would propagate it through the whole state."""
+    action = np.asarray(action, dtype=np.float64).reshape(action_dim)
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"non-finite action {action}")
+    return action
+
+
 @dataclass
 class StepResult:
     obs: dict
@@ -88,10 +97,7 @@ class MujocoTask:
         return self.observation(), {"success": False, "instruction": self.instruction, "target": self.target}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(self.action_dim)
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"non-finite action {action}")
-        self._apply(action)
+        self._apply(checked_action(action, self.action_dim))
         self.t += 1
         success = bool(self._success())
         truncated = (not success) and self.t >= self.max_steps

@@ -39,8 +39,8 @@ class Quality:
 
 def draw_stop_and_switch(rng: np.random.Generator, q: Quality, max_steps: int) -> tuple[int | None, int | None]:
     """The step the operator freezes at (a hesitation that times out) and the step it changes its mind
-    at, or None each; drawn in this order after the wrong-target draw, so a preset's data is the same
-    on every task family that uses it."""
+    at, or None each; drawn in this order right after the wrong-target choice (one function, so that the
+    built-in and the Gymnasium operators apply a preset's stop and switch knobs alike)."""
     stops = rng.random() < q.early_stop
     stop_at = int(rng.integers(2, max(3, max_steps // 2))) if stops else None
     switches = q.switch > 0 and rng.random() < q.switch  # no draw otherwise: older presets' data stays

@@ -1,8 +1,9 @@
 """The quality knobs of `experts.Quality` around a Gymnasium task's own scripted policy.
 
 A benchmark's scripted policy (Meta-World ships one per task) is an expert; offline RL needs logs of
-mixed quality with the information a value function can exploit. The operators are the ones the
-built-in tasks use, so a preset name means the same on every task:
+mixed quality with the information a value function can exploit. The operators are the built-in
+tasks' knobs with the same preset values (`wrong_choice` aside: a single-object task has one decoy,
+so "nearest" and "random" are the same here):
 - noise: Gaussian noise on the motion dimensions of every action;
 - wrong_target: the episode heads for a decoy point of the workspace instead of the task (a
   systematic mistake: the decoy follows from the scene, so in the logs the most common first move of

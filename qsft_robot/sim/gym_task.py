@@ -18,6 +18,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from qsft_robot.sim.core import checked_action
+
 
 class GymTask:
     """A Gymnasium env (render_mode "rgb_array") behind the project's task contract.
@@ -26,22 +28,24 @@ class GymTask:
     proprio state (default: none, an empty vector); oracle_fn: raw observation -> privileged object
     state appended when oracle_state is set (the `*_oracle` idea of the built-in tasks); max_steps:
     the episode limit (0: the env's own TimeLimit decides); flip: turn rendered frames upside down
-    (cameras mounted upside down, as Meta-World's corner cameras are).
+    (cameras mounted upside down, as Meta-World's corner cameras are); success_key: the info entry that
+    reports success ("success" in Meta-World, "is_success" in Gymnasium-Robotics).
     """
 
-    camera: str = "rgb"
-    video_camera: str = ""
+    camera: str = "rgb"   # the observation's image key (and, for native renderers, the camera's name)
 
     def __init__(self, env_factory: Callable[[], Any], instruction: str, image_size: int = 64, max_steps: int = 0,
                  render_size: int = 192, state_fn: Callable[[np.ndarray], np.ndarray] | None = None,
                  oracle_fn: Callable[[np.ndarray], np.ndarray] | None = None, oracle_state: bool = False,
-                 flip: bool = False, target: str = ""):
+                 flip: bool = False, target: str = "", success_key: str = "success"):
         self.env = env_factory()
         self.instruction = instruction
         self.target = target
         self.image_size = image_size
         self.render_size = render_size
-        self.max_steps = max_steps or int(getattr(getattr(self.env, "spec", None), "max_episode_steps", 0) or 0)
+        # 0: the env's TimeLimit (from its registration spec, or a TimeLimit wrapper applied by hand)
+        self.max_steps = max_steps or int(getattr(getattr(self.env, "spec", None), "max_episode_steps", 0)
+                                          or getattr(self.env, "_max_episode_steps", 0) or 0)
         if self.max_steps <= 0:
             raise ValueError("a GymTask needs max_steps (the env has no TimeLimit to take it from)")
         self.state_fn = state_fn or (lambda obs: np.zeros(0, np.float32))
@@ -50,16 +54,13 @@ class GymTask:
             raise ValueError("oracle_state needs an oracle_fn (which part of the observation is privileged)")
         self.oracle_state = oracle_state
         self.flip = flip
+        self.success_key = success_key
         space = self.env.action_space
         self.action_dim = int(np.prod(space.shape))
         self.action_low = np.asarray(space.low, np.float64).reshape(-1)
         self.action_high = np.asarray(space.high, np.float64).reshape(-1)
         self.raw_obs: np.ndarray | None = None
         self.t = 0
-
-    @property
-    def state_dim(self) -> int:
-        return 0 if self.raw_obs is None else len(self.state())
 
     def state(self) -> np.ndarray:
         s = np.asarray(self.state_fn(self.raw_obs), np.float32).reshape(-1)
@@ -74,10 +75,13 @@ class GymTask:
             raise ValueError("the env rendered nothing: build it with render_mode='rgb_array'")
         return np.asarray(frame)
 
+    def _upside_down(self, camera: str | None) -> bool:
+        return self.flip
+
     def render(self, size: int | None = None, camera: str | None = None) -> np.ndarray:
         size = size or self.render_size
         frame = self._frame(size, camera)
-        if self.flip:
+        if self._upside_down(camera):
             frame = frame[::-1, ::-1]
         if frame.shape[:2] != (size, size):
             frame = cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=cv2.INTER_AREA)
@@ -97,13 +101,11 @@ class GymTask:
         return self.observation(), {"success": False, "instruction": self.instruction, "target": self.target}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(self.action_dim)
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"non-finite action {action}")
+        action = checked_action(action, self.action_dim)
         obs, _, term, trunc, info = self.env.step(np.clip(action, self.action_low, self.action_high))
         self.raw_obs = np.asarray(obs)
         self.t += 1
-        success = bool(info.get("success", False))
+        success = bool(info.get(self.success_key, False))
         # the env's own termination without success (a fall, a crash) is a failure that ends the episode
         terminated = success or bool(term)
         truncated = not terminated and (bool(trunc) or self.t >= self.max_steps)

@@ -57,7 +57,8 @@ def _mocap_weld_compat() -> None:
     MuJoCo rows have more columns (12 in 4.0), and the whole-row assignment raises. The 11 leading
     numbers mean the same (anchor, relative pose, torque scale), so write those and leave the rest as
     compiled. A patch, not a fork, because this is the only incompatibility found (all tasks the
-    benchmark uses reset, step and succeed under their scripted policies on MuJoCo 4.0: tests)."""
+    benchmark uses reset, step and succeed under their scripted policies on MuJoCo 4.0: tests). Applied
+    when the first Meta-World env is built, not at import."""
     from metaworld import sawyer_xyz_env
 
     base = sawyer_xyz_env.SawyerMocapBase
@@ -105,15 +106,17 @@ class MetaWorldTask(GymTask):
                  render_size: int = 192, oracle_state: bool = False, instruction: str = ""):
         self.name = name
         self.camera = camera
-        self.video_camera = camera
         super().__init__(lambda: _make_env(name), instruction or INSTRUCTIONS.get(name, _instruction_from(name)),
                          image_size=image_size, max_steps=max_steps, render_size=render_size,
                          state_fn=lambda o: o[:4], oracle_fn=lambda o: np.concatenate([o[4:7], o[-3:]]),
-                         oracle_state=oracle_state, flip=camera in UPSIDE_DOWN_CAMERAS, target=name)
+                         oracle_state=oracle_state, target=name)
         from metaworld.policies import ENV_POLICY_MAP
         self.policy = ENV_POLICY_MAP[name]()
         self._renderers: dict[int, mujoco.Renderer] = {}
         self._decoy = np.zeros(3)
+
+    def _upside_down(self, camera: str | None) -> bool:
+        return (camera or self.camera) in UPSIDE_DOWN_CAMERAS
 
     def _frame(self, size: int, camera: str | None) -> np.ndarray:
         if size not in self._renderers:

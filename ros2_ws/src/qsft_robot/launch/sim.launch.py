@@ -19,7 +19,7 @@ from qsft_robot.config import ACTING_MODES
 from qsft_robot_ros.launch_common import end_launch_with
 
 ARGS = {
-    "task": ("base_goto", "MuJoCo task (base_goto, arm_reach, ...: qsft_robot.sim.registry)"),
+    "task": ("base_goto", "MuJoCo task (base_goto, arm_reach, ...: qsft_robot.sim.registry; metaworld/<env-name>)"),
     "profile": ("base", "robot profile matching the task: base | arm"),
     "seed": ("1000", "first episode seed (qsft-robot eval's default is 1000)"),
     "episodes": ("1", "episodes to run, seeds seed .. seed+episodes-1"),
@@ -28,6 +28,7 @@ ARGS = {
     "mode": ("argmax_q", f"acting mode: {' | '.join(ACTING_MODES)} (SFT / filtered-BC checkpoints)"),
     "device": ("auto", "auto | cpu | cuda[:N]"),
     "image_size": ("64", "camera image size (the training data's)"),
+    "max_steps": ("0", "episode limit (0: the task's own)"),
 }
 COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
 STATE_TOPIC = "/sim/joint_states"  # the sim's proprio state, stamped like its frame, for policies that use it
@@ -42,7 +43,8 @@ def _nodes(context):
     topic = COMMAND_TOPIC[a["profile"]]
     bridge = Node(package="qsft_robot", executable="sim_bridge", name="qsft_sim_bridge", output="screen",
                   parameters=[{"task": a["task"], "seed": int(a["seed"]), "episodes": int(a["episodes"]),
-                               "image_size": int(a["image_size"]), "robot_profile": sim_profile,
+                               "image_size": int(a["image_size"]), "max_steps": int(a["max_steps"]),
+                               "robot_profile": sim_profile,
                                "command_topic": topic, "state_topic": STATE_TOPIC, "lockstep": True,
                                "exit_when_done": True}])
     policy = Node(package="qsft_robot", executable="policy_node", name="qsft_policy", output="screen",
