@@ -141,23 +141,32 @@ def test_launch_with_a_failing_policy_reports_fault_and_stops(ws_env):
     assert any(m.linear.x > 0 for _, m in cmds) and cmds[-1][1].linear.x == 0.0 and cmds[-1][1].angular.z == 0.0
 
 
-def test_sim_launch_runs_the_closed_loop_in_one_command(ws_env, report):
-    """sim.launch.py: bridge + node, lockstep, ends by itself with the in-process success on the same seeds."""
+def sim_launch_against_eval(ws_env, report, task: str, dims: int, episodes: int, *args: str) -> tuple[str, int]:
+    """`ros2 launch qsft_robot sim.launch.py task:=TASK ARGS` until it ends by itself (exit 0 asserted),
+    with the in-process success of the same scripted policy on the same seeds: (its output, successes)."""
     from qsft_robot.ros.scripted_policy import ColorSeekPolicy
     from qsft_robot.sim.evaluate import evaluate
 
-    ref = evaluate(ColorSeekPolicy(2), "base_goto", 3, 1000, num_envs=3, videos=0)
-    ref_succ = sum(r["success"] for r in ref["per_episode"])
+    max_steps = next((int(a.split(":=")[1]) for a in args if a.startswith("max_steps:=")), 0)
+    ref = evaluate(ColorSeekPolicy(dims), task, episodes, 1000, num_envs=episodes, videos=0, max_steps=max_steps)
     t0 = time.monotonic()
-    proc = launch(ws_env, next_domain(), "task:=base_goto", "episodes:=3", "seed:=1000", file="sim.launch.py")
+    proc = launch(ws_env, next_domain(), f"task:={task}", f"episodes:={episodes}", "seed:=1000", *args,
+                  file="sim.launch.py")
     try:
         proc.wait(timeout=120)
     finally:
         out = finish(proc)
-    report(f"ros2 launch qsft_robot sim.launch.py task:=base_goto episodes:=3: {time.monotonic() - t0:.1f}s")
+    report(f"ros2 launch qsft_robot sim.launch.py task:={task} episodes:={episodes} {' '.join(args)}: "
+           f"{time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, out[-3000:]
-    assert f"base_goto: success {ref_succ}/3 (lockstep" in out, out[-3000:]
     assert "terminate called" not in out
+    return out, sum(r["success"] for r in ref["per_episode"])
+
+
+def test_sim_launch_runs_the_closed_loop_in_one_command(ws_env, report):
+    """sim.launch.py: bridge + node, lockstep, ends by itself with the in-process success on the same seeds."""
+    out, ref_succ = sim_launch_against_eval(ws_env, report, "base_goto", 2, 3)
+    assert f"base_goto: success {ref_succ}/3 (lockstep" in out, out[-3000:]
     # the launch wires /sim/joint_states on both sides: the bridge applies a command only when the node
     # reports it was computed with this frame's state (it sends both again otherwise, and gives up after
     # max_resends in a row: without the node's side of the wiring the launch fails)
@@ -167,18 +176,7 @@ def test_sim_launch_runs_the_closed_loop_in_one_command(ws_env, report):
 def test_sim_launch_drives_a_metaworld_task(ws_env, report):
     """The README's Meta-World launch line (issue 21): a Gymnasium task behind the same bridge, arm profile."""
     pytest.importorskip("metaworld", reason="install the 'metaworld' extra (README: Meta-World)")
-    from qsft_robot.ros.scripted_policy import ColorSeekPolicy
-    from qsft_robot.sim.evaluate import evaluate
-
-    ref = evaluate(ColorSeekPolicy(4), "metaworld/reach-v3", 1, 1000, num_envs=1, videos=0, max_steps=20)
-    t0 = time.monotonic()
-    proc = launch(ws_env, next_domain(), "task:=metaworld/reach-v3", "profile:=arm", "policy:=color_seek",
-                  "max_steps:=20", file="sim.launch.py")
-    try:
-        proc.wait(timeout=120)
-    finally:
-        out = finish(proc)
-    report(f"ros2 launch qsft_robot sim.launch.py task:=metaworld/reach-v3 profile:=arm: {time.monotonic() - t0:.1f}s")
-    assert proc.returncode == 0, out[-3000:]
-    assert f"metaworld/reach-v3: success {int(ref['success_rate'])}/1 (lockstep" in out, out[-3000:]
-    assert "episode 0 seed 1000: success=False in 20 steps" in out or ref["success_rate"] == 1, out[-3000:]
+    out, ref_succ = sim_launch_against_eval(ws_env, report, "metaworld/reach-v3", 4, 1, "profile:=arm",
+                                            "policy:=color_seek", "max_steps:=20")
+    assert f"metaworld/reach-v3: success {ref_succ}/1 (lockstep" in out, out[-3000:]
+    assert "success=False in 20 steps" in out or ref_succ == 1, out[-3000:]
