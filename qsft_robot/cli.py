@@ -73,10 +73,12 @@ def cmd_collect(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from qsft_robot.train.trainer import train
+    from qsft_robot.train.trainer import end_distributed, train
 
     cfg = _load(a, TRAIN_FLAGS)
-    print(f"checkpoint: {train(cfg, eval_hook=closed_loop_eval_hook(cfg))}")
+    ckpt = train(cfg, eval_hook=closed_loop_eval_hook(cfg))
+    end_distributed()
+    print(f"checkpoint: {ckpt}")
     return 0
 
 
