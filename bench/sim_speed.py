@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np  # noqa: E402
-from common import OUT, machine, table  # noqa: E402
+from common import OUT, machine, table, timeit  # noqa: E402
 
 
 def main():
@@ -61,15 +61,11 @@ def main():
                                            "expert success", "mixed success", "example frame"], rows)
 
 
-def _render_ms(renderer, data, camera: str, n: int = 20) -> float:
-    for _ in range(3):
+def _render_ms(renderer, data, camera: str) -> float:
+    def frame():
         renderer.update_scene(data, camera=camera)
         renderer.render()
-    t = time.perf_counter()
-    for _ in range(n):
-        renderer.update_scene(data, camera=camera)
-        renderer.render()
-    return (time.perf_counter() - t) / n * 1e3
+    return timeit(frame, repeat=20, warmup=3) * 1e3
 
 
 def metaworld_tables(episodes: int) -> None:

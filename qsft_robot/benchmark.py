@@ -199,6 +199,7 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
                 _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs)
             _task_result(results, root, task, datasets[task][1], runs)
     results["wall_s"] = time.perf_counter() - t0
+    results["plot"] = str(root / "offline_rl.png")
     (root / "results.json").write_text(json.dumps(results, indent=2))
     (root / "results.md").write_text(format_markdown(results))
     plot_benchmark(results, root / "offline_rl.png")

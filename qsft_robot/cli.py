@@ -183,7 +183,7 @@ def cmd_benchmark(a) -> int:
     from qsft_robot.benchmark import format_markdown, run_benchmark
 
     res = run_benchmark(benchmark_spec(a), a.out)
-    print(format_markdown(res) + f"\nplot: {Path(a.out) / 'offline_rl.png'}")
+    print(format_markdown(res) + f"\nplot: {res['plot']}")   # under OUT/multitask/ for --multitask
     return 0
 
 

@@ -203,6 +203,7 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
     md = (tmp_path / "multitask" / "results.md").read_text()   # beside, never over, single-task results
     assert md.count("| task average |") == 3 and "One policy per method and seed" in md and "Wall time" in md
     assert not (tmp_path / "results.md").exists() and (tmp_path / "multitask" / "arm_push" / "results.json").is_file()
+    assert res["plot"] == str(tmp_path / "multitask" / "offline_rl.png")
     # a union built from other task datasets is refused (its finished runs would be taken for this one's)
     with pytest.raises(ValueError, match="was built from"):
         run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0], episodes=3, multitask=True), tmp_path)
