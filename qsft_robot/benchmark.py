@@ -54,7 +54,8 @@ class BenchSpec:
     q_overrides: list = field(default_factory=lambda: list(TUNED_Q))  # Q-SFT only
     config: str = ""                # YAML config every run starts from ("": the defaults)
     multitask: bool = False         # one policy per method and seed over all tasks' data, evaluated per task
-    workers: int = 1                # collection processes (rendering is most of a Meta-World step)
+    workers: int = 1                # collection processes, and seed runs at once (rendering is most of a
+                                    # Meta-World step; one training process keeps ~1 core busy)
 
 
 def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list,
@@ -123,16 +124,61 @@ def _train_methods(spec: BenchSpec, data: Path, run: Path, seed: int) -> dict[st
     return done
 
 
-def _evaluate_methods(spec: BenchSpec, ckpts: dict, task: str, run: Path, seed: int, runs: dict) -> None:
-    """Every method's checkpoint on `task`'s held-out episode seeds; appends one record per method to runs."""
+def _evaluate_methods(spec: BenchSpec, ckpts: dict, task: str, run: Path, seed: int) -> dict[str, dict]:
+    """Every method's checkpoint on `task`'s held-out episode seeds: {method: record}."""
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.sim.evaluate import evaluate
 
+    records = {}
     for m, (ckpt, t) in ckpts.items():
         s = evaluate(load_policy(ckpt), task, episodes=spec.eval_episodes, seed=spec.eval_seed, num_envs=10,
                      videos=1 if seed == spec.seeds[0] else 0, out_dir=run / "eval", label=f"{m}_seed{seed}")
-        runs[m].append({"seed": seed, "success": s["success_rate"], "n": s["episodes"], "train_s": t,
-                        "checkpoint": str(ckpt), "videos": s["videos"]})
+        records[m] = {"seed": seed, "success": s["success_rate"], "n": s["episodes"], "train_s": t,
+                      "checkpoint": str(ckpt), "videos": s["videos"]}
+    return records
+
+
+def _seed_run(spec: BenchSpec, data: Path, run: Path, evals: dict[str, Path], seed: int) -> dict[str, dict]:
+    """One training seed: the three methods trained on `data` under `run`, each evaluated on every task
+    of `evals` ({task: its eval folder}): {task: {method: record}}. Top level, so a worker process can run it."""
+    ckpts = _train_methods(spec, data, run, seed)
+    return {task: _evaluate_methods(spec, ckpts, task, folder, seed) for task, folder in evals.items()}
+
+
+def _init_worker(threads: int, log_level: int) -> None:
+    import torch
+
+    from qsft_robot.cli import setup_logging
+    torch.set_num_threads(threads)
+    setup_logging(log_level)
+
+
+def _run_seeds(spec: BenchSpec, jobs: list[tuple]):
+    """`_seed_run` for every job (its arguments after spec): yields the results in job order, each as soon
+    as it and those before it are done. With spec.workers > 1 the jobs run in that many processes at once,
+    each with its share of the cores: one training or evaluation process keeps ~1 core busy (Meta-World
+    button-press-topdown: 26-31 min a seed in a row on the README's 2-core machine), and the seeds are
+    independent. Spawned, as in collection: a forked child would inherit the EGL renderer state."""
+    if spec.workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _seed_run(spec, *job)
+        return
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = min(spec.workers, len(jobs))
+    threads = max(1, len(os.sched_getaffinity(0)) // n)
+    logger.info("running %d seed jobs in %d processes (%d torch threads each)", len(jobs), n, threads)
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
+        futures = [pool.submit(_seed_run, spec, *job) for job in jobs]
+        try:
+            for f in futures:
+                yield f.result()
+        except BaseException:  # fail now, not after every queued seed has run
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _rows(runs: dict) -> dict:
@@ -178,26 +224,29 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     results: dict = {"spec": asdict(spec), "tasks": {}}
+    for name, values in (("tasks", spec.tasks), ("seeds", spec.seeds)):
+        if len(set(values)) != len(values):  # two jobs would train into one run folder
+            raise ValueError(f"--{name} lists a value twice: {values}")
     if spec.multitask:
         _check_multitask(spec.tasks)
     datasets = {task: _dataset(spec, out, task) for task in spec.tasks}
     root = out / "multitask" if spec.multitask else out
     if spec.multitask:
         union = _union_dataset([d for d, _ in datasets.values()], root)
-        runs = {task: {m: [] for m in METHODS} for task in spec.tasks}
-        for seed in spec.seeds:
-            ckpts = _train_methods(spec, union, root / f"seed{seed}", seed)
-            for task in spec.tasks:
-                _evaluate_methods(spec, ckpts, task, root / task / f"seed{seed}", seed, runs[task])
-        for task in spec.tasks:
-            _task_result(results, root, task, datasets[task][1], runs[task])
+        jobs = [(union, root / f"seed{seed}", {t: root / t / f"seed{seed}" for t in spec.tasks}, seed)
+                for seed in spec.seeds]
     else:
-        for task in spec.tasks:
-            runs = {m: [] for m in METHODS}
-            for seed in spec.seeds:
-                ckpts = _train_methods(spec, datasets[task][0], out / task / f"seed{seed}", seed)
-                _evaluate_methods(spec, ckpts, task, out / task / f"seed{seed}", seed, runs)
-            _task_result(results, root, task, datasets[task][1], runs)
+        jobs = [(datasets[task][0], out / task / f"seed{seed}", {task: out / task / f"seed{seed}"}, seed)
+                for task in spec.tasks for seed in spec.seeds]
+    done, left = [], set(spec.tasks)
+    for result in _run_seeds(spec, jobs):
+        done.append(result)
+        for task in sorted(left):  # a task's results are written once all its seeds are in
+            per_seed = [r[task] for r in done if task in r]
+            if len(per_seed) == len(spec.seeds):
+                _task_result(results, root, task, datasets[task][1], {m: [r[m] for r in per_seed] for m in METHODS})
+                left.discard(task)
+    results["tasks"] = {task: results["tasks"][task] for task in spec.tasks}
     results["wall_s"] = time.perf_counter() - t0
     results["plot"] = str(root / "offline_rl.png")
     (root / "results.json").write_text(json.dumps(results, indent=2))

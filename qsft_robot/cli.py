@@ -259,7 +259,7 @@ def _add_benchmark(sub) -> None:
                    help="Q-SFT runs only (replaces the tuned defaults)")
     p.add_argument("--multitask", action="store_true", default=None,
                    help="one policy per method and seed over the union of the tasks' data, evaluated per task")
-    p.add_argument("--workers", type=int, help="collection processes (default 1)")
+    p.add_argument("--workers", type=int, help="collection processes, and training seeds run at once (default 1)")
     p.add_argument("--out", default="outputs/offline_rl")
     p.set_defaults(fn=cmd_benchmark)
 
@@ -287,11 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: int | str) -> None:
+    """The CLI's log format, without the chatter of OpenGL/HTTP libraries (also used by worker processes)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("OpenGL", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level.upper())
     from qsft_robot.config import ConfigError
     from qsft_robot.data.episode import DatasetError
     from qsft_robot.checkpoint import CheckpointError

@@ -1,6 +1,8 @@
 """Q-SFT on top of a BC run (behavior_init), the Q-value inspection tool, the benchmark's outputs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,36 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
     # a union built from other task datasets is refused (its finished runs would be taken for this one's)
     with pytest.raises(ValueError, match="was built from"):
         run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0], episodes=3, multitask=True), tmp_path)
+
+
+def test_benchmark_runs_seeds_in_parallel_workers(tmp_path, caplog):
+    """--workers 2: the (task, seed) runs go to two spawned processes; the results come back per task in
+    seed order, each seed's runs in its own folder, and the same checkpoints evaluated in a row (a second
+    call resumes the finished runs) give the same numbers. A seed or task listed twice is refused (two
+    processes would train into one folder)."""
+    import logging
+
+    from qsft_robot.benchmark import METHODS, BenchSpec, run_benchmark
+
+    tasks = ["arm_push"]
+    spec = BenchSpec(tasks=tasks, seeds=[0, 1], episodes=3, bc_steps=2, q_steps=2, eval_episodes=2, workers=2,
+                     overrides=["train.batch_size=4"])
+    with caplog.at_level(logging.INFO, logger="qsft_robot.benchmark"):
+        par = run_benchmark(spec, tmp_path)
+    assert "running 2 seed jobs in 2 processes" in caplog.text
+    spec.workers = 1
+    seq = run_benchmark(spec, tmp_path)
+    for task in tasks:
+        runs = par["tasks"][task]["runs"]
+        for m in METHODS:
+            assert [r["seed"] for r in runs[m]] == [0, 1]
+            assert [Path(r["checkpoint"]).parents[1] for r in runs[m]] == [tmp_path / task / f"seed{s}" / m
+                                                                          for s in (0, 1)]
+            assert [(r["success"], r["checkpoint"]) for r in runs[m]] == \
+                   [(r["success"], r["checkpoint"]) for r in seq["tasks"][task]["runs"][m]]
+        assert len(par["tasks"][task]["rows"]["qsft"]["per_seed"]) == 2
+    with pytest.raises(ValueError, match="lists a value twice"):
+        run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0, 0], workers=2), tmp_path)
 
 
 def test_benchmark_multitask_refuses_tasks_of_different_layouts(tmp_path):

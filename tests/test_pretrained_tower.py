@@ -123,6 +123,41 @@ def test_feature_cache_is_reused_and_rebuilt_when_its_key_changes(tmp_path):
     assert json.loads((c.folder / "features.json").read_text())["shape"] == [10, 1, 1, 8, 8]
 
 
+def test_feature_cache_keeps_the_copy_another_process_finished_first(tmp_path, monkeypatch):
+    """Parallel benchmark seeds cache the same frames at once: the one that finishes second keeps the
+    first one's folder (a reader may have it open) and removes its own temporary copy."""
+    import os
+
+    from qsft_robot.data.feature_cache import FeatureStore, cached_features
+    from qsft_robot.data.image_store import ImageStore
+
+    frames = ImageStore(np.random.default_rng(1).integers(0, 256, (6, 1, 8, 8, 3), dtype=np.uint8))
+    key = {"weights": "w1", "image_size": 8, "output_stride": 16}
+    first = {}
+
+    def features(x):
+        return x.astype(np.float32).mean(-1, keepdims=True).transpose(0, 1, 4, 2, 3) / 255.0
+
+    def slow_encode(x):  # while this process encodes, "another process" (another pid) finishes the folder
+        if not first:
+            with monkeypatch.context() as m:
+                m.setattr(os, "getpid", lambda: 4242)
+                first["store"] = cached_features(frames, features, key, tmp_path)
+            first["inode"] = (first["store"].folder / "features.json").stat().st_ino
+        return features(x)
+
+    second = cached_features(frames, slow_encode, key, tmp_path, batch_size=2)
+    assert second.folder == first["store"].folder
+    assert (second.folder / "features.json").stat().st_ino == first["inode"]   # the first copy, not replaced
+    assert [p.name for p in (tmp_path / "features").iterdir()] == [second.folder.name]  # no temporary left
+    np.testing.assert_allclose(second[4], features(frames[4:5])[0], atol=1e-3)
+    # a broken folder under that name (a killed writer of an older release, a truncated file) is replaced
+    (second.folder / FeatureStore.data_file).write_bytes(b"truncated")
+    third = cached_features(frames, features, key, tmp_path)
+    assert third.folder == second.folder and [p.name for p in (tmp_path / "features").iterdir()] == [third.folder.name]
+    np.testing.assert_allclose(third[4], features(frames[4:5])[0], atol=1e-3)
+
+
 def test_training_sim_eval_and_ros_normalise_a_frame_identically(tmp_path, episodes):
     """The same camera frame reaches the tower identically from the training data (cached features),
     from a sim observation (Policy.act, what `evaluate` calls) and from a ROS Image message (the node's

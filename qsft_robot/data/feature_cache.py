@@ -72,8 +72,23 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
             shape = shape or feats.shape[1:]
             fh.write(np.ascontiguousarray(feats).tobytes())
     (tmp / FeatureStore.meta_file).write_text(json.dumps({"shape": [len(frames), *shape], "source": source}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    # another process (a parallel benchmark seed on the same frames) may have finished first: keep its
+    # folder, which a reader may already have open, and drop this copy. A folder of this name that is not
+    # valid (the name hashes frames and key) is a broken one: moved aside, then replaced.
+    for _ in range(2):
+        try:
+            os.replace(tmp, folder)
+            break
+        except OSError:   # the folder exists and is not empty
+            done = FeatureStore.open_if_valid(folder, len(frames), source)
+            if done is not None:
+                shutil.rmtree(tmp)
+                logger.info("image features reused from %s (built by another process meanwhile)", folder)
+                return done
+            broken = folder.with_name(folder.name + f".broken{os.getpid()}")
+            os.replace(folder, broken)
+            shutil.rmtree(broken, ignore_errors=True)
+    else:
+        raise OSError(f"could not move {tmp} to {folder}")
     logger.info("cached image features %s for %d frames in %s", tuple(shape), len(frames), folder)
     return FeatureStore(folder)
