@@ -334,3 +334,24 @@ def test_sim_bridge_exits_at_once_on_sigint_and_nonzero_when_a_node_never_answer
     assert "max_resends=2 frames in a row" in out_giving_up
     final = [s for _, s in mute.msgs["/sim/status"] if s.get("finished")]
     assert final and final[-1]["episodes"] == 0 and "max_resends" in final[-1]["aborted"], final
+
+
+def test_a_lost_inference_wakeup_is_recovered_by_the_watchdog(domain, probe):
+    """The first frame's wake-up of inference is dropped (test-only inject_fault=wakeup:1) and no second
+    frame follows, as in lockstep, where the next frame waits for this one's command: the watchdog must
+    notice the frame nobody acted on and wake inference itself (`rewakes` in the status), well within
+    the one-second re-send of the sim bridge, rather than leave the robot waiting for a frame."""
+    proc = node(domain, inject_fault="wakeup:1", max_image_age=2.0, watchdog_hz=50.0)
+    try:
+        assert probe.wait_for("/qsft/status", timeout=30), "node did not come up"
+        for _ in range(3):  # one frame (the image QoS is best effort: send again only if it was lost)
+            probe.publish_image(RED)
+            if probe.wait_for("/qsft/status", lambda s: s["frames"] >= 1, timeout=1.0):
+                break
+        assert probe.wait_for("/qsft/status", lambda s: s["actions"] >= 1, timeout=3.0), probe.status()
+        s = next(s for _, s in probe.msgs["/qsft/status"] if s["actions"] >= 1)
+    finally:
+        out = stop(proc)
+    assert s["frames"] == 1 and s["rewakes"] == 1, (s, out[-2000:])
+    assert 20.0 <= s["wait_ms"] < 1000.0, s   # woken by the watchdog (>= one 20 ms period), not by the frame
+    assert any(moving(m) for _, m in probe.msgs["/qsft/preview"])

@@ -26,7 +26,8 @@ COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
 def closed_loop_through_ros(profile: str, timeout: float, node_args: dict, bridge_args: dict,
                             preview_type=None) -> tuple[dict, float, str, str]:
     """Policy node + lockstep sim bridge as two processes on a fresh ROS domain, until the bridge reports
-    it has finished: (its final /sim/status, seconds taken, the node's output, the bridge's output)."""
+    it has finished: (its final /sim/status, with the node's last status under "node", seconds taken, the
+    node's output, the bridge's output)."""
     domain = next_domain()
     probe = Probe(domain, **({"preview_type": preview_type} if preview_type else {}))
     sim_profile = str(PKG / "config" / "sim" / f"{profile}.yaml")
@@ -38,6 +39,7 @@ def closed_loop_through_ros(profile: str, timeout: float, node_args: dict, bridg
         assert probe.wait_for("/sim/status", lambda s: s.get("finished"), timeout=timeout), "the bridge did not finish"
         t_ros = time.monotonic() - t1
         final = next(s for _, s in probe.msgs["/sim/status"] if s.get("finished"))
+        final = {**final, "node": probe.status()}  # the node's own counters (rewakes: missed wake-ups)
     finally:
         bridge_out = stop(bridge)
         out = stop(node)
@@ -75,7 +77,8 @@ def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     ref_succ = sum(r["success"] for r in ref["per_episode"])
     report(f"{task} x{EPISODES} (seeds {SEEDS}..) color_seek: ROS lockstep {final['successes']}/{final['episodes']} "
            f"in {t_ros:.1f}s, in process {ref_succ}/{EPISODES} in {t_ref:.1f}s; same episode length on "
-           f"{same}/{EPISODES} seeds; {final['resends']} frames resent")
+           f"{same}/{EPISODES} seeds; {final['resends']} frames resent, node re-woke inference "
+           f"{final['node'].get('rewakes')} times")
     for line in (bridge_out + out).splitlines():  # why frames were resent: in the report, not only the logs
         if "sent again" in line or "watchdog stop" in line or "discarded" in line:
             report("  " + line.strip()[:200])

@@ -44,11 +44,12 @@ PARAM_SPECS: dict[str, tuple[object, str]] = {
         "from, and its values (the sim bridge's lockstep; '' = off)")),
     "inject_fault": ("", (
         "TESTS ONLY: '<callback>:<n>' makes that callback (image | watchdog) raise on its n-th call, to check "
-        "that a crash outside the policy still stops the robot and exits non-zero ('' = off)")),
+        "that a crash outside the policy still stops the robot and exits non-zero; 'wakeup:<n>' drops the "
+        "n-th frame's inference wake-up, to check that the watchdog wakes inference again ('' = off)")),
 }
 PARAMS = {k: v for k, (v, _) in PARAM_SPECS.items()}
 RUNTIME_PARAMS = {"instruction"}
-FAULT_CALLBACKS = ("image", "watchdog")
+FAULT_CALLBACKS = ("image", "watchdog", "wakeup")
 
 
 def late_bound(max_image_age: float, control_hz: float) -> float:

@@ -10,6 +10,8 @@ Three callback groups on a MultiThreadedExecutor keep safety independent of infe
 * inputs (image, instruction, joint state): store the newest values and wake inference.
 * inference (a guard condition): runs the policy on the newest frame, unless that frame is already
   older than max_image_age; a result whose frame has gone stale meanwhile is discarded, never published.
+  A frame left unseen by an idle inference for a whole watchdog period is a lost wake-up: the watchdog
+  wakes inference again (`rewakes` in the status).
 
 A policy exception is fatal by design: stop commands and a `fault` status (with the reason) go out for
 fault_linger_s, then the node exits with status 3 (2 when the policy cannot even be loaded), so a
@@ -133,9 +135,11 @@ class PolicyNode(Node):
         self.last_status = -1e9
         self.watchdog_stop: dict | None = None  # why and how late the last watchdog stop went out
         # skipped_stale: frames already older than max_image_age when inference could start (never run);
-        # discarded_stale: results whose frame went stale during inference (never published)
+        # discarded_stale: results whose frame went stale during inference (never published);
+        # rewakes: frames the inference wake-up missed, acted on after the watchdog woke it again
         self.counts = {"frames": 0, "dropped_frames": 0, "malformed": 0, "actions": 0, "stops": 0,
-                       "skipped_stale": 0, "discarded_stale": 0, "truncated_instructions": 0}
+                       "skipped_stale": 0, "discarded_stale": 0, "truncated_instructions": 0, "rewakes": 0}
+        self.frame_arrival = 0.0        # monotonic arrival of the newest frame
         self.latency_ms = 0.0           # the policy's inference for the last action
         self.wait_ms = 0.0              # frame received -> inference started
         self.frame_to_command_ms = 0.0  # frame received -> command published: what the robot feels
@@ -208,12 +212,16 @@ class PolicyNode(Node):
         if self.fault_spec:
             self.get_logger().warning(f"TEST FAULT INJECTION armed: inject_fault={p['inject_fault']!r}")
 
-    def _inject(self, callback: str) -> None:
-        """inject_fault (tests only): raise in `callback` on its n-th call, as a bug there would."""
+    def _inject(self, callback: str) -> bool:
+        """inject_fault (tests only): raise in `callback` on its n-th call, as a bug there would; for
+        "wakeup", True on the n-th call (that frame's inference wake-up is dropped)."""
         if self.fault_spec is not None and self.fault_spec[0] == callback:
             self.fault_calls += 1
             if self.fault_calls == self.fault_spec[1]:
+                if callback == "wakeup":
+                    return True
                 raise RuntimeError(f"injected fault in the {callback} callback (call {self.fault_calls})")
+        return False
 
     # ---- inputs -------------------------------------------------------------------------------
     def _bounded(self, text: str) -> str:
@@ -235,9 +243,11 @@ class PolicyNode(Node):
             if self.frame is not None and self.acted_seq < self.frame_seq:
                 self.counts["dropped_frames"] += 1  # replaced before the policy used it (latest only)
             self.frame, self.frame_origin, self.frame_stamp_ns = img, origin, stamp_ns
+            self.frame_arrival = arrival
             self.frame_seq += 1
             self.counts["frames"] += 1
-        self.frame_ready.trigger()
+        if not self._inject("wakeup"):
+            self.frame_ready.trigger()
 
     def _malformed(self, e: ImageFormatError) -> None:
         self.counts["malformed"] += 1
@@ -369,6 +379,17 @@ class PolicyNode(Node):
                 self._stop_locked(now)
             if now - self.last_status >= 0.2:  # status at <= 5 Hz
                 self._publish_status_locked(now)
+            # a frame nobody has acted on for a whole watchdog period while inference is idle: its wake-up
+            # went missing (the suspect behind lockstep's one-second stalls: 26-31 frames re-sent in some
+            # runs); wake inference again rather than wait for the next frame. `rewakes` counts these.
+            waited = now - max(self.frame_arrival, self.last_act + self.period)
+            rewake = (self.policy is not None and self.acted_seq < self.frame_seq and not self.inference_busy
+                      and bool(self.instruction) and not (self.estop or self.fault or self.closing)
+                      and waited > 1.0 / float(self.p["watchdog_hz"]))
+            if rewake:
+                self.counts["rewakes"] += 1
+        if rewake:
+            self.frame_ready.trigger()
 
     def heartbeat(self) -> None:
         """Stop + status from the main thread, for when the executor (and the watchdog with it) is gone."""
