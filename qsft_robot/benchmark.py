@@ -148,7 +148,7 @@ def _seed_run(spec: BenchSpec, data: Path, run: Path, evals: dict[str, Path], se
 def _init_worker(threads: int, log_level: int) -> None:
     import torch
 
-    from qsft_robot.cli import setup_logging
+    from qsft_robot.config import setup_logging
     torch.set_num_threads(threads)
     setup_logging(log_level)
 

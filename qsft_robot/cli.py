@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -287,15 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def setup_logging(level: int | str) -> None:
-    """The CLI's log format, without the chatter of OpenGL/HTTP libraries (also used by worker processes)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("OpenGL", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from qsft_robot.config import setup_logging
     setup_logging(args.log_level.upper())
     from qsft_robot.config import ConfigError
     from qsft_robot.data.episode import DatasetError

@@ -262,3 +262,12 @@ def validate(cfg: RunConfig) -> None:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def setup_logging(level: int | str) -> None:
+    """The CLI's log format, without the chatter of OpenGL/HTTP libraries; here, in the lowest layer, so
+    that worker processes (benchmark seeds) log the same way."""
+    import logging
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("OpenGL", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
