@@ -213,8 +213,12 @@ class PolicyNode(Node):
             self.get_logger().warning(f"TEST FAULT INJECTION armed: inject_fault={p['inject_fault']!r}")
 
     def _inject(self, callback: str) -> bool:
-        """inject_fault (tests only): raise in `callback` on its n-th call, as a bug there would; for
-        "wakeup", True on the n-th call (that frame's inference wake-up is dropped)."""
+        """
+        Apply inject_fault (tests only) to `callback`.
+
+        Raise on its n-th call, as a bug there would; for "wakeup", return True on the n-th call
+        (that frame's inference wake-up is then dropped).
+        """
         if self.fault_spec is not None and self.fault_spec[0] == callback:
             self.fault_calls += 1
             if self.fault_calls == self.fault_spec[1]:
