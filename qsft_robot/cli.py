@@ -288,9 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from qsft_robot.config import setup_logging
+    from qsft_robot.config import ConfigError, setup_logging
     setup_logging(args.log_level.upper())
-    from qsft_robot.config import ConfigError
     from qsft_robot.data.episode import DatasetError
     from qsft_robot.checkpoint import CheckpointError
 

@@ -384,8 +384,9 @@ class PolicyNode(Node):
             if now - self.last_status >= 0.2:  # status at <= 5 Hz
                 self._publish_status_locked(now)
             # a frame nobody has acted on for a whole watchdog period while inference is idle: its wake-up
-            # went missing (the suspect behind lockstep's one-second stalls: 26-31 frames re-sent in some
-            # runs); wake inference again rather than wait for the next frame. `rewakes` counts these.
+            # went missing (seen in lockstep runs: 3-4 re-wakes beside 13-23 one-second re-sends, so one
+            # cause of those stalls, not the only one); wake inference again rather than wait for the next
+            # frame. `rewakes` counts these.
             waited = now - max(self.frame_arrival, self.last_act + self.period)
             rewake = (self.policy is not None and self.acted_seq < self.frame_seq and not self.inference_busy
                       and bool(self.instruction) and not (self.estop or self.fault or self.closing)
