@@ -1,22 +1,30 @@
 """
 The Q-SFT policy node: latest camera frame in, safe action commands out, at most control_hz.
 
-Three callback groups on a MultiThreadedExecutor keep safety independent of inference:
+Two threads keep safety independent of inference:
 
-* safety (watchdog timer, e-stop, status): never waits for the policy. Every 1/watchdog_hz it stops the
+* the executor thread (a SingleThreadedExecutor) runs every ROS callback, all of them short:
+  safety (watchdog timer, e-stop, status) never waits for the policy. Every 1/watchdog_hz it stops the
   robot when the newest frame is older than max_image_age, or the frame behind the last command is
   older than max_image_age + 1/control_hz (the command was fresh when published and the next one is
   due a control period later: only an overdue one stops the robot, so slow inference is no stop-and-go).
-* inputs (image, instruction, joint state): store the newest values and wake inference.
-* inference (a guard condition): runs the policy on the newest frame, unless that frame is already
-  older than max_image_age; a result whose frame has gone stale meanwhile is discarded, never published.
+  Inputs (image, instruction, joint state) store the newest values and wake inference.
+* the inference thread (a plain thread, woken by a threading.Event) runs the policy on the newest
+  frame, unless that frame is already older than max_image_age; a result whose frame has gone stale
+  meanwhile is discarded, never published.
   A frame left unseen by an idle inference for a whole watchdog period is a lost wake-up: the watchdog
   wakes inference again (`rewakes` in the status).
 
+Why not callback groups on rclpy's MultiThreadedExecutor (the earlier design): its Python wait loop
+delivered camera frames 0.1-3 s late on an idle 2-core machine (lockstep sim through ROS: answers p50
+104 ms, 14-23 one-second re-sends in 6 episodes); the same node on a SingleThreadedExecutor answered
+in p50 4.6-8.4 ms with no re-send (tests/test_ros_sim_lockstep.py reports both numbers).
+
 A policy exception is fatal by design: stop commands and a `fault` status (with the reason) go out for
 fault_linger_s, then the node exits with status 3 (2 when the policy cannot even be loaded), so a
-supervisor (launch) sees it. An exception in any other callback ends the executor: the same stop +
-fault status (now sent from the main thread), then exit status 4. With enable_actuation false (the
+supervisor (launch) sees it. An exception in any other callback ends the executor (or the inference
+thread): the same stop + fault status (sent from the main thread once the executor is gone), then exit
+status 4. With enable_actuation false (the
 default) commands go to a preview topic.
 """
 from __future__ import annotations
@@ -31,10 +39,9 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -115,7 +122,7 @@ class PolicyNode(Node):
         self.fault_calls = 0
 
     def _init_state(self) -> None:
-        """Set the state the callback groups share, guarded by `lock` (taken for short, never during inference)."""
+        """Set the state the two threads share, guarded by `lock` (taken for short, never during inference)."""
         self.lock = threading.Lock()
         self.frame: np.ndarray | None = None
         self.frame_origin: float | None = None  # monotonic time the newest frame counts as taken
@@ -151,11 +158,8 @@ class PolicyNode(Node):
         return self.p["command_topic"] if self.p["enable_actuation"] else self.p["preview_topic"]
 
     def _create_publishers(self) -> None:
-        """Create the callback groups and the publishers, before the policy loads: a load failure must stop + report."""
+        """Create the publishers before the policy loads: a load failure must stop + report."""
         p = self.p
-        self.safety_group = MutuallyExclusiveCallbackGroup()
-        self.input_group = MutuallyExclusiveCallbackGroup()
-        self.inference_group = MutuallyExclusiveCallbackGroup()
 
         msg_type = Twist if self.profile.kind == "base" else (
             JointTrajectory if self.profile.arm_message == "joint_trajectory" else Float64MultiArray)
@@ -179,24 +183,23 @@ class PolicyNode(Node):
             self.fail(f"policy could not be loaded: {type(e).__name__}: {e}", EXIT_LOAD_FAILED)
 
     def _create_inputs(self) -> None:
-        """Subscribe to the inputs, start the watchdog and the inference trigger; the policy is in place by now."""
+        """Subscribe to the inputs, start the watchdog and the inference thread; the policy is in place by now."""
         p = self.p
         qos = image_qos(p["image_reliability"], p["image_depth"])
         events = SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos)
         if p["compressed"]:
             self.create_subscription(CompressedImage, p["image_topic"], self.on_compressed, qos,
-                                     callback_group=self.input_group, event_callbacks=events)
+                                     event_callbacks=events)
         else:
-            self.create_subscription(Image, p["image_topic"], self.on_image, qos,
-                                     callback_group=self.input_group, event_callbacks=events)
-        self.create_subscription(String, p["instruction_topic"], self.on_instruction, 10,
-                                 callback_group=self.input_group)
+            self.create_subscription(Image, p["image_topic"], self.on_image, qos, event_callbacks=events)
+        self.create_subscription(String, p["instruction_topic"], self.on_instruction, 10)
         if p["joint_state_topic"]:
-            self.create_subscription(JointState, p["joint_state_topic"], self.on_joints, 10,
-                                     callback_group=self.input_group)
-        self.create_subscription(Bool, p["estop_topic"], self.on_estop, 10, callback_group=self.safety_group)
-        self.create_timer(1.0 / float(p["watchdog_hz"]), self.on_watchdog, callback_group=self.safety_group)
-        self.frame_ready = self.create_guard_condition(self.on_frame_ready, callback_group=self.inference_group)
+            self.create_subscription(JointState, p["joint_state_topic"], self.on_joints, 10)
+        self.create_subscription(Bool, p["estop_topic"], self.on_estop, 10)
+        self.create_timer(1.0 / float(p["watchdog_hz"]), self.on_watchdog)
+        self.frame_ready = threading.Event()
+        self.inference_thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self.inference_thread.start()
         self.add_on_set_parameters_callback(self.on_set_parameters)
         self.add_post_set_parameters_callback(self.on_parameters_set)
 
@@ -251,7 +254,7 @@ class PolicyNode(Node):
             self.frame_seq += 1
             self.counts["frames"] += 1
         if not self._inject("wakeup"):
-            self.frame_ready.trigger()
+            self.frame_ready.set()
 
     def _malformed(self, e: ImageFormatError) -> None:
         self.counts["malformed"] += 1
@@ -355,7 +358,7 @@ class PolicyNode(Node):
             self._stop_locked(now)
             self._publish_status_locked(now)
 
-    # ---- safety group: never waits for inference ------------------------------------------------
+    # ---- safety: never waits for inference ------------------------------------------------------
     def on_estop(self, msg: Bool) -> None:
         if msg.data:
             with self.lock:
@@ -384,9 +387,9 @@ class PolicyNode(Node):
             if now - self.last_status >= 0.2:  # status at <= 5 Hz
                 self._publish_status_locked(now)
             # a frame nobody has acted on for a whole watchdog period while inference is idle: its wake-up
-            # went missing (seen in lockstep runs: 3-4 re-wakes beside 13-23 one-second re-sends, so one
-            # cause of those stalls, not the only one); wake inference again rather than wait for the next
-            # frame. `rewakes` counts these.
+            # went missing (3-4 a run on the earlier guard-condition trigger; an Event set after the frame
+            # is stored cannot lose one, so this is a net under a bug, not a path taken); wake inference
+            # again rather than wait for the next frame. `rewakes` counts these.
             waited = now - max(self.frame_arrival, self.last_act + self.period)
             rewake = (self.policy is not None and self.acted_seq < self.frame_seq and not self.inference_busy
                       and bool(self.instruction) and not (self.estop or self.fault or self.closing)
@@ -394,7 +397,7 @@ class PolicyNode(Node):
             if rewake:
                 self.counts["rewakes"] += 1
         if rewake:
-            self.frame_ready.trigger()
+            self.frame_ready.set()
 
     def heartbeat(self) -> None:
         """Stop + status from the main thread, for when the executor (and the watchdog with it) is gone."""
@@ -414,7 +417,27 @@ class PolicyNode(Node):
             "instruction": self.instruction, "actuating": bool(self.p["enable_actuation"]),
             "inference_busy": self.inference_busy, **self.counts})))
 
-    # ---- inference group ------------------------------------------------------------------------
+    # ---- inference thread -----------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        """
+        Act on each wake-up until close().
+
+        The frame is stored before the Event is set and read after it is cleared, so a frame arriving
+        in between is acted on now, not lost. An exception outside the policy (whose own are faults
+        in on_frame_ready) is a callback fault: stop, fault status, exit 4, never a silent thread.
+        """
+        while True:
+            self.frame_ready.wait()
+            self.frame_ready.clear()
+            if self.closing:
+                return
+            try:
+                self.on_frame_ready()
+            except Exception as e:  # noqa: BLE001 - reported as a fault, never a silent dead thread
+                self.inference_busy = False
+                self.fail(f"inference thread raised {type(e).__name__}: {e}", EXIT_CALLBACK_FAULT)
+                return
+
     def on_frame_ready(self) -> None:
         """Act on the newest frame, at most control_hz times a second; publish only if still fresh."""
         if self.policy is None or self.closing or self.fault:
@@ -479,6 +502,7 @@ class PolicyNode(Node):
         with self.lock:
             self.closing = True
             self._stop_locked(time.monotonic())
+        self.frame_ready.set()  # lets the inference thread see `closing` and end
 
 
 def main(args=None) -> None:
@@ -489,7 +513,7 @@ def main(args=None) -> None:
         rclpy.logging.get_logger("qsft_policy").fatal(f"cannot start: {type(e).__name__}: {e}")
         rclpy.try_shutdown()
         sys.exit(EXIT_LOAD_FAILED)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = runtime.start_spinner(executor, lambda reason: node.fail(reason, EXIT_CALLBACK_FAULT),
                                     node.get_logger())

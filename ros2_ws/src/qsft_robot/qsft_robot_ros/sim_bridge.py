@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -66,6 +67,10 @@ class SimBridge(Node):
         self.cond = threading.Condition()
         self.commands: list[tuple[float, np.ndarray]] = []  # (arrival, normalised action)
         self.sources: dict[int, dict] = {}                    # frame stamp (ns) -> what the node reported
+        # why frames were sent again, and how long answered frames took: the final status carries both, so a
+        # slow lockstep run says which leg stalled (frame -> node, node -> report, command -> bridge)
+        self.resend_reasons: Counter = Counter()
+        self.answer_ms: list[float] = []
         self.img_pub = self.create_publisher(Image, p["image_topic"], 10)
         self.status_pub = self.create_publisher(String, p["status_topic"], 10)
         self.instr_pub = self.create_publisher(String, p["instruction_topic"], 10)
@@ -209,6 +214,7 @@ class SimBridge(Node):
                 in_a_row += 1
                 self._before_resend(action, stamp_ns, stopping)
                 continue
+            self.answer_ms.append((time.monotonic() - published) * 1e3)
             in_a_row = 0
             self._step(action, episodes)
         return None, retries
@@ -222,6 +228,7 @@ class SimBridge(Node):
         same observation goes again, freshly stamped; the warning says which half went missing.
         """
         if isinstance(missed, str):
+            self.resend_reasons[missed] += 1
             if missed == "instruction":
                 self.instr_pub.publish(String(data=self.env.instruction))
             stopping.wait(0.05)
@@ -229,6 +236,8 @@ class SimBridge(Node):
         with self.cond:  # say which half went missing: the node's report, or the command itself
             seen = (f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
                     f"{len(self.commands)} commands arrived")
+            self.resend_reasons[f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
+                                f"{'some' if self.commands else 'no'} commands"] += 1
         self.get_logger().warning(f"no command within {self.p['step_timeout']}s ({seen}); frame sent again",
                                   throttle_duration_sec=2.0)
 
@@ -258,8 +267,13 @@ class SimBridge(Node):
             f"{self.p['task']}: success {n}/{len(self.results)} (lockstep, {retries} resends{state})")
         if aborted:
             self.get_logger().error(f"lockstep aborted after {len(self.results)}/{episodes} episodes: {aborted}")
+        ms = np.asarray(self.answer_ms or [np.nan])
         self.publish_status(finished=True, successes=n, episodes=len(self.results), results=self.results,
-                            resends=retries, **({"aborted": aborted} if aborted else {}))
+                            resends=retries, resend_reasons=dict(self.resend_reasons),
+                            answer_ms={"n": len(self.answer_ms), "p50": round(float(np.median(ms)), 1),
+                                       "p90": round(float(np.percentile(ms, 90)), 1),
+                                       "max": round(float(ms.max()), 1)},
+                            **({"aborted": aborted} if aborted else {}))
 
 
 def main(args=None) -> None:
