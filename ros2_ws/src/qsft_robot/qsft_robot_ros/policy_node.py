@@ -442,6 +442,7 @@ class PolicyNode(Node):
         """Act on the newest frame, at most control_hz times a second; publish only if still fresh."""
         if self.policy is None or self.closing or self.fault:
             return
+        self._inject("inference")  # a bug here, outside the policy call, is the inference thread's crash
         wait = self.last_act + self.period - time.monotonic()
         if wait > 0:
             time.sleep(wait)  # rate limit; frames arriving meanwhile replace the one we will use
