@@ -43,9 +43,9 @@ PARAM_SPECS: dict[str, tuple[object, str]] = {
         "std_msgs/String JSON after each command: the header stamp of the frame and the instruction it came "
         "from, and its values (the sim bridge's lockstep; '' = off)")),
     "inject_fault": ("", (
-        "TESTS ONLY: '<callback>:<n>' makes that callback (image | watchdog | inference) raise on its n-th call, to check "
-        "that a crash outside the policy still stops the robot and exits non-zero; 'wakeup:<n>' drops the "
-        "n-th frame's inference wake-up, to check that the watchdog wakes inference again ('' = off)")),
+        "TESTS ONLY: '<callback>:<n>' makes that callback (image | watchdog | inference) raise on its n-th "
+        "call, to check that a crash outside the policy still stops the robot and exits non-zero; 'wakeup:<n>' "
+        "drops the n-th frame's inference wake-up, to check that the watchdog wakes inference again ('' = off)")),
 }
 PARAMS = {k: v for k, (v, _) in PARAM_SPECS.items()}
 RUNTIME_PARAMS = {"instruction"}
