@@ -234,12 +234,11 @@ class SimBridge(Node):
             stopping.wait(0.05)
             return
         with self.cond:  # say which half went missing: the node's report, or the command itself
-            seen = (f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
-                    f"{len(self.commands)} commands arrived")
-            self.resend_reasons[f"report {'seen' if stamp_ns in self.sources else 'missing'}, "
-                                f"{'some' if self.commands else 'no'} commands"] += 1
-        self.get_logger().warning(f"no command within {self.p['step_timeout']}s ({seen}); frame sent again",
-                                  throttle_duration_sec=2.0)
+            report = f"report {'seen' if stamp_ns in self.sources else 'missing'}"
+            arrived = len(self.commands)
+        self.resend_reasons[f"{report}, {'some' if arrived else 'no'} commands"] += 1
+        self.get_logger().warning(f"no command within {self.p['step_timeout']}s ({report}, {arrived} commands "
+                                  "arrived); frame sent again", throttle_duration_sec=2.0)
 
     def _step(self, action: np.ndarray, episodes: int) -> None:
         """Apply the node's command for one step; at an episode's end record it and reset for the next one."""
@@ -267,13 +266,21 @@ class SimBridge(Node):
             f"{self.p['task']}: success {n}/{len(self.results)} (lockstep, {retries} resends{state})")
         if aborted:
             self.get_logger().error(f"lockstep aborted after {len(self.results)}/{episodes} episodes: {aborted}")
-        ms = np.asarray(self.answer_ms or [np.nan])
         self.publish_status(finished=True, successes=n, episodes=len(self.results), results=self.results,
-                            resends=retries, resend_reasons=dict(self.resend_reasons),
-                            answer_ms={"n": len(self.answer_ms), "p50": round(float(np.median(ms)), 1),
-                                       "p90": round(float(np.percentile(ms, 90)), 1),
-                                       "max": round(float(ms.max()), 1)},
+                            resends=retries, resend_reasons=dict(self.resend_reasons), answer_ms=self._answer_stats(),
                             **({"aborted": aborted} if aborted else {}))
+
+    def _answer_stats(self) -> dict:
+        """
+        Summarise frame out -> command back over the answered frames, in ms.
+
+        The percentiles are None when no frame was answered: the status stays plain JSON (no NaN).
+        """
+        if not self.answer_ms:
+            return {"n": 0, "p50": None, "p90": None, "max": None}
+        ms = np.asarray(self.answer_ms)
+        return {"n": len(ms), "p50": round(float(np.median(ms)), 1), "p90": round(float(np.percentile(ms, 90)), 1),
+                "max": round(float(ms.max()), 1)}
 
 
 def main(args=None) -> None:
