@@ -4,7 +4,10 @@ run, for the default model and for each supported architecture's small config (s
 The limit is what a KV cache allows at best with the same model and inputs: one prefill forward of the
 encoded prompt plus D-1 single-token forwards, called directly on the HF model (prompt encoding, bin
 masks and the choice of a token outside the timing, a `DynamicCache`, masks and positions prepared
-beforehand). `cached / limit` near 1 means the project's decode adds nothing on top of the model.
+beforehand). `cached / limit` near 1 means the project's decode adds nothing on top of the model; below 1
+it is faster than the model's own cached forward: a plain-Llama decoder (the default, LLaVA, Idefics3,
+SmolVLM2) takes its single-token steps as plain tensor operations (models/llama_step.py), and the
+"module step" column is the same decode with every step through the decoder module instead.
 Times are the best of --repeat interleaved rounds (the machine may be shared; see `timed`).
 
     python bench/decode.py [--batch 1 10] [--device cuda --dtype bfloat16 --compile --static-cache] [--archs ...]
@@ -65,18 +68,28 @@ def measure(adapter, imgs, instr, st, repeat: int, mode: str = "argmax_q", behav
     batch = adapter.encode(imgs, instr, st)
     need_behavior = mode == "paper" or support_eps is not None
     models = ([behavior_model] if mode == "sft" else [adapter.model]) + ([behavior_model] if need_behavior else [])
+    def module_step():
+        adapter.fast_step = False
+        try:
+            adapter.decode(imgs, instr, st, use_cache=True, **kw)
+        finally:
+            adapter.fast_step = True
+
     return timed({"uncached": lambda: adapter.decode(imgs, instr, st, use_cache=False, **kw),
                   "cached": lambda: adapter.decode(imgs, instr, st, use_cache=True, **kw),
+                  "module step": module_step,
                   "limit": lambda: limit_decode(models, batch, adapter.num_dims),
                   "encode": lambda: adapter.encode(imgs, instr, st)}, repeat)
 
 
 def row(label, n, t) -> list:
-    return [*label, n, f"{n / t['uncached']:.1f}", f"{n / t['cached']:.1f}", f"{n / t['limit']:.1f}",
+    return [*label, n, f"{n / t['uncached']:.1f}", f"{n / t['cached']:.1f}", f"{n / t['module step']:.1f}",
+            f"{n / t['limit']:.1f}",
             f"{t['uncached'] / t['cached']:.2f}x", f"{t['cached'] / t['limit']:.2f}", f"{t['encode'] * 1e3:.1f}"]
 
 
-COLS = ["batch", "no cache", "KV cache", "limit", "cached vs uncached", "cached / limit", "encode ms"]
+COLS = ["batch", "no cache", "KV cache", "KV cache, module step", "limit", "cached vs uncached", "cached / limit",
+        "encode ms"]
 
 
 def main():

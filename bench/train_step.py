@@ -1,6 +1,8 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
 (frozen, cached pi_beta), measured in one run; ratios against the default's SFT step, and the earlier
-default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache) as a baseline row.
+default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache) as a baseline row, and the
+default with a smaller language model (model.text_hidden / text_layers): the language model is ~90% of a
+step once the tower's features are cached.
 
     python bench/train_step.py [--batch 32 --steps 30]
 """
@@ -28,7 +30,9 @@ def main():
     eps = episodes(n=24)
     variants = {"sft, tiny_scratch (earlier default)": ["algo.name=sft", "model.preset=tiny_scratch",
                                                         "model.freeze_vision=false"],
-                "sft": ["algo.name=sft"], "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
+                "sft": ["algo.name=sft"],
+                "sft, 2 x 128 language model": ["algo.name=sft", "model.text_hidden=128", "model.text_layers=2"],
+                "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
                 "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"],
                 "qsft frozen+cached, return_to_go": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0",
                                                      "algo.target=return_to_go"]}
@@ -45,9 +49,10 @@ def main():
         for _ in range(a.steps):
             tr.train_step()
         times[name] = (time.perf_counter() - t) / a.steps
-    rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x"] for k, v in times.items()]
+    earlier = times["sft, tiny_scratch (earlier default)"]
+    rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x", f"{v / earlier:.2f}x"] for k, v in times.items()]
     table(f"train step, default model (frozen EfficientNet tower, cached features), batch {a.batch} — {machine()}",
-          ["algorithm", "s/step", "vs SFT"], rows)
+          ["algorithm", "s/step", "vs SFT", "vs earlier default's SFT"], rows)
 
 
 if __name__ == "__main__":

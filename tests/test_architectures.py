@@ -12,6 +12,7 @@ import torch
 
 from qsft_robot.config import load_config
 from qsft_robot.data.action_tokenizer import ActionTokenizer
+from qsft_robot.models.llama_step import LlamaStep
 from qsft_robot.models.small_vlms import ARCHS, build_small_vlm
 from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.sim.collect import collect_episodes
@@ -84,17 +85,22 @@ def no_transformers_deprecations():
 
 
 def _step_logits_agree(ad, images, instr, state, cache_implementation="dynamic"):
-    """The cached scorer's logits at every dimension equal the uncached scorer's (not just the argmax)."""
+    """The cached scorer's logits at every dimension equal the uncached scorer's (not just the argmax), with
+    the single-token steps as plain operations (models/llama_step.py, where the decoder is a plain Llama)
+    and through the decoder module."""
     from qsft_robot.models.vlm_adapter import _CachedScorer, _UncachedScorer
     batch = ad.encode(images, instr, state)
     ids = ad.logit_ids
-    cached = _CachedScorer(ad.model, ids, batch, ad.num_dims, cache_implementation)
-    plain = _UncachedScorer(ad.model, ids, batch, ad.num_dims)
+    fast = _CachedScorer(ad.model, ids, batch, ad.num_dims, cache_implementation)
+    module = _CachedScorer(ad.model, ids, batch, ad.num_dims, cache_implementation, fast_step=False)
+    plain = _UncachedScorer(ad.model, ids, batch)
     prev = None
     for _ in range(ad.num_dims):
-        a, b = cached.logits(prev), plain.logits(prev)
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        a, b, c = fast.logits(prev), module.logits(prev), plain.logits(prev)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)
         prev = ad.bin_token_ids[a[:, :-1].argmax(-1)]
+    return fast
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -106,8 +112,12 @@ def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch):
     with no_transformers_deprecations(), torch.no_grad():
         cached = ad.decode(images, instr, state, use_cache=True)
         plain = ad.decode(images, instr, state, use_cache=False)
-        _step_logits_agree(ad, images, instr, state)
-        _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at the steps
+        padded = _step_logits_agree(ad, images, instr, state)
+        single = _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at the steps
+        # the Llama-decoder families take the plain-operation step wherever no mask is needed (a silent
+        # fall-back to the module would pass the equality above and lose the speed)
+        assert isinstance(single.fast, LlamaStep) == (arch in ("llava", "idefics3", "smolvlm")), arch
+        assert not isinstance(padded.fast, LlamaStep)
         ad.cache_implementation = "static"
         static = ad.decode(images, instr, state, use_cache=True)
         _step_logits_agree(ad, images, instr, state, "static")

@@ -189,3 +189,20 @@ def test_training_sim_eval_and_ros_normalise_a_frame_identically(tmp_path, episo
     with torch.no_grad():
         from_sim = tower.feature_map(seen[0])[0].numpy()
     np.testing.assert_allclose(frame[0].astype(np.float32), from_sim, atol=2e-2, rtol=2e-3)
+
+
+def test_language_model_size_comes_from_the_config(tmp_path):
+    """model.text_hidden / text_layers size the compact default's language model (the tower stays EfficientNet)."""
+    from types import SimpleNamespace
+
+    from qsft_robot.config import load_config
+    from qsft_robot.data.action_tokenizer import ActionTokenizer
+    from qsft_robot.train.model_setup import build_models
+
+    cfg = load_config(None, ["model.text_hidden=128", "model.text_layers=2"])
+    tok = ActionTokenizer.fit(np.random.default_rng(0).uniform(-1, 1, (100, 2)), 8)
+    model, _ = build_models(cfg, tmp_path, [SimpleNamespace(instruction="reach the red block")], tok)
+    text = model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers) == (128, 2)
+    assert model.config.vision_config.model_type == "efficientnet_lite_vision"
+    assert model.model.multi_modal_projector.linear_2.out_features == 128

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from qsft_robot.config import ACTING_MODES
 from qsft_robot.data.action_tokenizer import ActionTokenizer
+from qsft_robot.models import llama_step
 from qsft_robot.models.families import (Batch, encode_prompts, family_of, image_placeholder, load_processor,
                                         normalise_images, unwrap, vision_encoder)
 from qsft_robot.models.support import support_mask
@@ -72,6 +73,9 @@ class VLMAdapter:
         # "dynamic" (transformers' DynamicCache) or "static" (a StaticCache sized prompt + D: what
         # torch.compile wants on GPU; bench/decode.py --static-cache)
         self.cache_implementation = "dynamic"
+        # single-token steps as plain tensor operations where the decoder is a plain Llama (models/llama_step.py);
+        # False keeps every step on the module's forward (bench/decode.py measures both)
+        self.fast_step = True
 
     # ---- construction -------------------------------------------------------------------------
     @staticmethod
@@ -201,8 +205,9 @@ class VLMAdapter:
             # theta's p over real bins is softmax over bins + dummy (when present), sliced to B
             ids = (self.logit_ids if (k == 0 and mode != "sft") else self.bin_token_ids).to(dev)
             keep = F.pad(mask_bins, (0, len(ids) - n_bins), value=True)   # per-dimension valid bins, built once
-            cls = _CachedScorer if use_cache else _UncachedScorer
-            scorers.append((cls(m, ids, batch, self.num_dims, self.cache_implementation), keep))
+            scorer = (_CachedScorer(m, ids, batch, self.num_dims, self.cache_implementation, self.fast_step)
+                      if use_cache else _UncachedScorer(m, ids, batch))
+            scorers.append((scorer, keep))
         # theta and pi_beta with one (shared, frozen) image encoder: its features are computed once
         encoder = _shared_encoder(models) if use_cache and len(models) > 1 else None
         chosen = []
@@ -287,7 +292,7 @@ def _fresh(x):
 class _UncachedScorer:
     """Reference path: every dimension re-runs the whole sequence (prompt, images, tokens so far)."""
 
-    def __init__(self, model, ids: Tensor, batch: Batch, num_steps: int, cache_implementation: str = "dynamic"):
+    def __init__(self, model, ids: Tensor, batch: Batch):
         self.model, self.ids, self.full = model, ids, batch
 
     def logits(self, prev: Tensor | None) -> Tensor:
@@ -313,13 +318,16 @@ class _CachedScorer:
     masks, output dataclasses, the full-vocabulary head) costs as much as the decoder itself. A step
     here calls the text decoder directly (the same module the wrapper calls, so the numbers are the
     model's own; the equality tests check it), then the output head restricted to the ids that are
-    scored: B (+1) rows instead of the whole vocabulary (151k for Qwen). Everything a step needs
-    (positions, the attention mask, the sliced head) is built once per decode, not per token. The cache
+    scored: B (+1) rows instead of the whole vocabulary (151k for Qwen). Where that decoder is a plain
+    Llama (the compact default, LLaVA) the step is its operations without the module machinery
+    (models/llama_step.py). Everything a step needs (positions, rotary angles, the attention mask, the
+    sliced head) is built once per decode, not per token. The cache
     is a transformers `DynamicCache` (or a `StaticCache` of exactly prompt + D tokens, for
     torch.compile on GPU), passed as `cache=`, the keyword current transformers documents.
     """
 
-    def __init__(self, model, ids: Tensor, batch: Batch, num_steps: int, cache_implementation: str = "dynamic"):
+    def __init__(self, model, ids: Tensor, batch: Batch, num_steps: int, cache_implementation: str = "dynamic",
+                 fast_step: bool = True):
         from transformers import DynamicCache, StaticCache
 
         self.model, self.ids, self.batch = model, ids, batch
@@ -340,6 +348,8 @@ class _CachedScorer:
             self.mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(n, num_steps)], 1)
         self.softcap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
         self.head_weight = None
+        self.num_steps = num_steps
+        self.fast = fast_step and not (self.pad or self.static)   # replaced by the LlamaStep at the first step
 
     def _head(self, hidden: Tensor, hf) -> Tensor:
         head = hf.get_output_embeddings()
@@ -360,6 +370,12 @@ class _CachedScorer:
             return out.logits[:, -1, self.ids].float()
         self.step_no += 1
         hf = _hf_model(self.model)
+        if self.fast is True:
+            decoder = hf.get_decoder()
+            steps = torch.arange(1, self.num_steps, device=self.last_pos.device)
+            self.fast = llama_step.LlamaStep(decoder, self.last_pos + steps) if llama_step.supports(decoder) else None
+        if self.fast:
+            return self._head(self.fast(prev, self.step_no - 1, self.cache), hf).float()
         length = self.batch.input_ids.shape[1] + self.step_no
         mask = self.mask[:, :length] if self.pad or self.static else None
         out = hf.get_decoder()(input_ids=prev[:, None], attention_mask=mask, position_ids=self.last_pos + self.step_no,

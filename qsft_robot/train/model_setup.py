@@ -28,6 +28,7 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
         base = build_tiny_vlm(run_dir / "base_model", extra_words=instruction_words(e.instruction for e in episodes),
                               image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
                               seed=cfg.train.seed, output_stride=cfg.model.output_stride,
+                              text_hidden=cfg.model.text_hidden, text_layers=cfg.model.text_layers,
                               vision="efficientnet" if cfg.model.preset == "tiny" else "clip_scratch")
     else:
         base = Path(cfg.model.path)
