@@ -6,8 +6,8 @@ encoded prompt plus D-1 single-token forwards, called directly on the HF model (
 masks and the choice of a token outside the timing, a `DynamicCache`, masks and positions prepared
 beforehand). `cached / limit` near 1 means the project's decode adds nothing on top of the model; below 1
 it is faster than the model's own cached forward: a plain-Llama decoder (the default, LLaVA, Idefics3,
-SmolVLM2) takes its single-token steps as plain tensor operations (models/llama_step.py), and the
-"module step" column is the same decode with every step through the decoder module instead.
+SmolVLM2) runs its prefill and single-token steps as plain tensor operations (models/llama_step.py), and
+the "module step" column is the same decode with the decoder module doing both instead.
 Times are the best of --repeat interleaved rounds (the machine may be shared; see `timed`).
 
     python bench/decode.py [--batch 1 10] [--device cuda --dtype bfloat16 --compile --static-cache] [--archs ...]

@@ -113,10 +113,17 @@ def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch):
         cached = ad.decode(images, instr, state, use_cache=True)
         plain = ad.decode(images, instr, state, use_cache=False)
         padded = _step_logits_agree(ad, images, instr, state)
-        single = _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at the steps
-        # the Llama-decoder families take the plain-operation step wherever no mask is needed (a silent
-        # fall-back to the module would pass the equality above and lose the speed)
-        assert isinstance(single.fast, LlamaStep) == (arch in ("llava", "idefics3", "smolvlm")), arch
+        prefills = []
+        plain_prefill = LlamaStep.prefill
+        LlamaStep.prefill = lambda self, *a: prefills.append(1) or plain_prefill(self, *a)
+        try:
+            single = _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at all
+        finally:
+            LlamaStep.prefill = plain_prefill
+        # the Llama-decoder families take the plain-operation prefill and steps wherever no mask is needed (a
+        # silent fall-back to the module would pass the equality above and lose the speed)
+        llama = arch in ("llava", "idefics3", "smolvlm")
+        assert isinstance(single.fast, LlamaStep) == llama and len(prefills) == int(llama), (arch, prefills)
         assert not isinstance(padded.fast, LlamaStep)
         ad.cache_implementation = "static"
         static = ad.decode(images, instr, state, use_cache=True)

@@ -23,17 +23,18 @@ def _decoder(**kw) -> LlamaModel:
 
 @pytest.mark.parametrize("dtype,kv", [(torch.float32, 4), (torch.float32, 2), (torch.bfloat16, 4)],
                          ids=["fp32", "fp32-gqa", "bf16"])
-def test_step_equals_the_module_and_fills_the_same_cache(dtype, kv):
-    """Three steps after a 7-token prefill, batch 2: hidden states and every layer's keys/values agree."""
+def test_prefill_and_steps_equal_the_module_and_fill_the_same_cache(dtype, kv):
+    """A 7-token prefill, then three steps, batch 2: hidden states and every layer's keys/values agree."""
     dec = _decoder(kv=kv).to(dtype)
     prompt, steps = torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 3))
     positions = torch.arange(7, 10)[None].expand(2, -1)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     with torch.no_grad():
         ref_cache, fast_cache = DynamicCache(config=dec.config), DynamicCache(config=dec.config)
-        for cache in (ref_cache, fast_cache):
-            dec(input_ids=prompt, cache=cache, use_cache=True)
+        ref = dec(input_ids=prompt, cache=ref_cache, use_cache=True).last_hidden_state
         step = llama_step.LlamaStep(dec, positions)
+        got = step.prefill(dec.embed_tokens(prompt), torch.arange(7)[None].expand(2, -1), fast_cache)
+        torch.testing.assert_close(got, ref, **tol)   # every prompt position: the causal mask is right
         for s in range(3):
             ref = dec(input_ids=steps[:, s:s + 1], position_ids=positions[:, s:s + 1], cache=ref_cache,
                       use_cache=True).last_hidden_state[:, -1]
@@ -57,6 +58,31 @@ def test_a_wrong_position_is_caught():
             dec(input_ids=prompt, cache=cache, use_cache=True)
             outs.append(llama_step.LlamaStep(dec, torch.tensor([[pos]]))(tok, 0, cache))
     assert (outs[0] - outs[1]).abs().max() > 1e-3
+
+
+def test_plain_prefill_leaves_a_padded_prompt_to_the_module():
+    """Inside `plain_prefill` the decoder's call still honours a padding mask (the plain path has only the
+    causal one), and takes the plain path for an unpadded prompt; afterwards the class forward is back."""
+    dec = _decoder()
+    embeds = dec.embed_tokens(torch.randint(0, 50, (2, 6)))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                  cache=DynamicCache(config=dec.config), use_cache=True).last_hidden_state
+        calls = []
+        step = llama_step.LlamaStep(dec)
+        prefill = step.prefill
+        step.prefill = lambda *a: calls.append(1) or prefill(*a)
+        with llama_step.plain_prefill(step):
+            padded = dec(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                         cache=DynamicCache(config=dec.config), use_cache=True).last_hidden_state
+            assert not calls
+            dec(inputs_embeds=embeds, attention_mask=torch.ones_like(mask), cache=DynamicCache(config=dec.config),
+                use_cache=True)
+            assert calls == [1]
+    torch.testing.assert_close(padded[:, 2:], ref[:, 2:])
+    assert "forward" not in dec.__dict__
 
 
 class _Quantised(torch.nn.Linear):

@@ -73,8 +73,8 @@ class VLMAdapter:
         # "dynamic" (transformers' DynamicCache) or "static" (a StaticCache sized prompt + D: what
         # torch.compile wants on GPU; bench/decode.py --static-cache)
         self.cache_implementation = "dynamic"
-        # single-token steps as plain tensor operations where the decoder is a plain Llama (models/llama_step.py);
-        # False keeps every step on the module's forward (bench/decode.py measures both)
+        # prefill and single-token steps as plain tensor operations where the decoder is a plain Llama
+        # (models/llama_step.py); False keeps them on the decoder module (bench/decode.py measures both)
         self.fast_step = True
 
     # ---- construction -------------------------------------------------------------------------
@@ -319,11 +319,12 @@ class _CachedScorer:
     here calls the text decoder directly (the same module the wrapper calls, so the numbers are the
     model's own; the equality tests check it), then the output head restricted to the ids that are
     scored: B (+1) rows instead of the whole vocabulary (151k for Qwen). Where that decoder is a plain
-    Llama (the compact default, LLaVA) the step is its operations without the module machinery
-    (models/llama_step.py). Everything a step needs (positions, rotary angles, the attention mask, the
-    sliced head) is built once per decode, not per token. The cache
-    is a transformers `DynamicCache` (or a `StaticCache` of exactly prompt + D tokens, for
-    torch.compile on GPU), passed as `cache=`, the keyword current transformers documents.
+    Llama (the compact default, LLaVA, Idefics3, SmolVLM2) and nothing needs a mask, the steps and the
+    prefill's decoder part are its operations without the module machinery (models/llama_step.py).
+    Everything a step needs (positions, rotary angles, the attention mask, the sliced head) is built
+    once per decode, not per token. The cache is a transformers `DynamicCache` (or a `StaticCache` of
+    exactly prompt + D tokens, for torch.compile on GPU), passed as `cache=`, the keyword current
+    transformers documents.
     """
 
     def __init__(self, model, ids: Tensor, batch: Batch, num_steps: int, cache_implementation: str = "dynamic",
@@ -365,15 +366,16 @@ class _CachedScorer:
         return logits
 
     def logits(self, prev: Tensor | None) -> Tensor:
-        if prev is None:   # prefill: the whole multimodal prompt through the model's own forward
-            out = self.model(**self.batch.model_inputs(), cache=self.cache, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1, self.ids].float()
-        self.step_no += 1
         hf = _hf_model(self.model)
-        if self.fast is True:
+        if self.fast is True:   # decided once per decode: a plain Llama decoder runs as plain operations
             decoder = hf.get_decoder()
             steps = torch.arange(1, self.num_steps, device=self.last_pos.device)
             self.fast = llama_step.LlamaStep(decoder, self.last_pos + steps) if llama_step.supports(decoder) else None
+        if prev is None:   # prefill: the whole multimodal prompt through the model's own forward
+            with llama_step.plain_prefill(self.fast) if self.fast else contextlib.nullcontext():
+                out = self.model(**self.batch.model_inputs(), cache=self.cache, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, self.ids].float()
+        self.step_no += 1
         if self.fast:
             return self._head(self.fast(prev, self.step_no - 1, self.cache), hf).float()
         length = self.batch.input_ids.shape[1] + self.step_no
