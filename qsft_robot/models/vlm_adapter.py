@@ -350,7 +350,7 @@ class _CachedScorer:
         self.softcap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
         self.head_weight = None
         self.num_steps = num_steps
-        self.fast = fast_step and not (self.pad or self.static)   # replaced by the LlamaStep at the first step
+        self.fast = fast_step and not (self.pad or self.static)   # a LlamaStep (or None) from the prefill on
 
     def _head(self, hidden: Tensor, hf) -> Tensor:
         head = hf.get_output_embeddings()
