@@ -104,7 +104,7 @@ def _step_logits_agree(ad, images, instr, state, cache_implementation="dynamic")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch):
+def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch, monkeypatch):
     """Cached decode (DynamicCache, and StaticCache) = uncached = the teacher-forced argmax, with no
     transformers deprecation on the way (padding included: the three prompts differ in length)."""
     ad = _adapter(built[arch])
@@ -115,11 +115,9 @@ def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch):
         padded = _step_logits_agree(ad, images, instr, state)
         prefills = []
         plain_prefill = LlamaStep.prefill
-        LlamaStep.prefill = lambda self, *a: prefills.append(1) or plain_prefill(self, *a)
-        try:
-            single = _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at all
-        finally:
-            LlamaStep.prefill = plain_prefill
+        monkeypatch.setattr(LlamaStep, "prefill", lambda self, *a: prefills.append(1) or plain_prefill(self, *a))
+        single = _step_logits_agree(ad, images[:1], instr[:1], state[:1])   # no padding: no mask at all
+        monkeypatch.undo()
         # the Llama-decoder families take the plain-operation prefill and steps wherever no mask is needed (a
         # silent fall-back to the module would pass the equality above and lose the speed)
         llama = arch in ("llava", "idefics3", "smolvlm")
