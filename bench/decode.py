@@ -143,7 +143,10 @@ def _policy(eps, a, preset: str):
     from qsft_robot.config import load_config
     from qsft_robot.train.trainer import train
 
-    ckpt = train(load_config(None, [f"train.out_dir={OUT / ('decode_run_' + preset)}", "train.steps=1",
+    import shutil
+    run = OUT / f"decode_run_{preset}"
+    shutil.rmtree(run, ignore_errors=True)  # a 1-step throwaway run: never resume one made by older code
+    ckpt = train(load_config(None, [f"train.out_dir={run}", "train.steps=1",
                                     "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
     pol = load_policy(ckpt, device=a.device)
     dtype = getattr(torch, a.dtype)

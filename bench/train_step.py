@@ -1,8 +1,8 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
 (frozen, cached pi_beta), measured in one run; ratios against the default's SFT step, and the earlier
-default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache) as a baseline row, and the
-default with a smaller language model (model.text_hidden / text_layers): the language model is ~90% of a
-step once the tower's features are cached.
+default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache, 3 x 192 language model) as a
+baseline row, and the default tower with the earlier 3 x 192 language model (model.text_hidden / text_layers):
+the language model is ~90% of a step once the tower's features are cached.
 
     python bench/train_step.py [--batch 32 --steps 30]
 """
@@ -29,9 +29,11 @@ def main():
 
     eps = episodes(n=24)
     variants = {"sft, tiny_scratch (earlier default)": ["algo.name=sft", "model.preset=tiny_scratch",
-                                                        "model.freeze_vision=false"],
+                                                        "model.freeze_vision=false", "model.text_hidden=192",
+                                                        "model.text_layers=3"],
                 "sft": ["algo.name=sft"],
-                "sft, 2 x 128 language model": ["algo.name=sft", "model.text_hidden=128", "model.text_layers=2"],
+                "sft, 3 x 192 language model (the tower's first default)": ["algo.name=sft", "model.text_hidden=192",
+                                                                            "model.text_layers=3"],
                 "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
                 "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"],
                 "qsft frozen+cached, return_to_go": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0",

@@ -75,12 +75,16 @@ RESUMABLE_CHANGES = {"train.steps", "train.save_every", "train.keep_last", "trai
                      "data.feature_cache", "model.path", "eval", "collect", "reward_rule"}
 
 
+# settings added after the first release whose default has since changed: the value a config saved before
+# the key existed was trained with (today's default would misread those runs)
+LEGACY_VALUES = {"model.text_hidden": 192, "model.text_layers": 3, "algo.label_sigma": 0.0}
+
+
 def config_changes(saved: dict, now: dict, defaults: dict | None = None, prefix: str = "") -> list[str]:
     """'key: saved -> now' for every setting that differs between a checkpoint's config and this run's.
 
-    A key the checkpoint does not have (a setting added in a later release) counts as unchanged while
-    this run keeps its default (`defaults`: the config dataclasses' values), which is what the older
-    code did."""
+    A key the checkpoint does not have (a setting added in a later release) counts as the value the older
+    code used: its LEGACY_VALUES entry, else today's default (`defaults`: the config dataclasses' values)."""
     changes = []
     defaults = defaults or {}
     for key in sorted(set(saved) | set(now)):
@@ -90,8 +94,10 @@ def config_changes(saved: dict, now: dict, defaults: dict | None = None, prefix:
         a, b, d = saved.get(key), now.get(key), defaults.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changes += config_changes(a, b, d if isinstance(d, dict) else {}, f"{name}.")
-        elif key not in saved and key in defaults and b == d:
-            continue
+        elif key not in saved and (name in LEGACY_VALUES or key in defaults):
+            older = LEGACY_VALUES.get(name, d)
+            if b != older:
+                changes.append(f"{name}: {older!r} (saved before the setting existed) -> {b!r}")
         elif a != b:
             changes.append(f"{name}: {a!r} -> {b!r}")
     return changes

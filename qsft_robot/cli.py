@@ -25,7 +25,7 @@ COLLECT_FLAGS = {"task": "collect.task", "episodes": "collect.episodes", "qualit
                  "seed": "collect.seed", "image_size": "collect.image_size", "workers": "collect.workers"}
 TRAIN_FLAGS = {"data": "data.path", "algo": "algo.name", "out": "train.out_dir"}
 EVAL_FLAGS = {"task": "eval.task", "episodes": "eval.episodes", "seed": "eval.seed", "num_envs": "eval.num_envs",
-              "videos": "eval.videos", "mode": "eval.mode", "image_size": "model.image_size"}
+              "videos": "eval.videos", "mode": "eval.mode", "image_size": "collect.image_size"}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -91,7 +91,7 @@ def closed_loop_eval_hook(cfg):
 
     def hook(policy, step: int) -> float:
         return evaluate(policy, e.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs, videos=0,
-                        out_dir=Path(cfg.train.out_dir) / "eval", image_size=cfg.model.image_size,
+                        out_dir=Path(cfg.train.out_dir) / "eval", image_size=cfg.collect.image_size,
                         max_steps=e.max_steps, label=f"step{step}")["success_rate"]
     return hook
 
@@ -110,7 +110,7 @@ def cmd_eval(a) -> int:
         label = Path(ckpt).name if len(a.checkpoints) > 1 else "policy"
         kw = {} if a.support_eps is None else {"support_eps": a.support_eps if a.support_eps > 0 else None}
         s = evaluate(load_policy(ckpt, mode=mode, beta=e.beta, **kw), e.task, e.episodes, e.seed, e.num_envs,
-                     e.videos, a.out, cfg.model.image_size, max_steps=e.max_steps, label=label)
+                     e.videos, a.out, cfg.collect.image_size, max_steps=e.max_steps, label=label)
         summaries.append(s)
         print(f"{label}: success {s['success_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "
               f"return {s['mean_return']:.2f} length {s['mean_length']:.1f} over {s['episodes']} episodes")
@@ -210,7 +210,8 @@ def _add_eval(sub) -> None:
     _config_args(p)
     p.add_argument("checkpoints", nargs="+", help="checkpoint or run folders")
     _flag_args(p, EVAL_FLAGS, {"mode": " (default: as the checkpoint's algorithm acts)",
-                               "image_size": " (default 64): the rendered frame size"})
+                               "image_size": " (default 64): the rendered frame size, as the training frames were "
+                                             "collected (the model resizes frames to its own model.image_size)"})
     p.add_argument("--support-eps", type=float, default=None,
                    help="Q-SFT argmax_q: act only on bins pi_beta gives more than this (default: the checkpoint's "
                         "algo.support_eps; 0: no restriction)")

@@ -58,7 +58,7 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str 
         t2 = time.perf_counter()
         s = evaluate(load_policy(ckpt), cfg.eval.task, episodes=size["eval_episodes"], seed=cfg.eval.seed,
                      num_envs=cfg.eval.num_envs, videos=cfg.eval.videos, out_dir=out / "eval",
-                     image_size=cfg.model.image_size, label=algo)
+                     image_size=cfg.collect.image_size, label=algo)
         summaries.append(s)
         rows.append({"method": algo, "success": s["success_rate"], "ci95": s["ci95"], "episodes": s["episodes"],
                      "train_s": train_s, "eval_s": time.perf_counter() - t2, "checkpoint": str(ckpt)})

@@ -199,10 +199,12 @@ def test_language_model_size_comes_from_the_config(tmp_path):
     from qsft_robot.data.action_tokenizer import ActionTokenizer
     from qsft_robot.train.model_setup import build_models
 
-    cfg = load_config(None, ["model.text_hidden=128", "model.text_layers=2"])
+    default = load_config(None, [])
+    assert (default.model.text_hidden, default.model.text_layers) == (128, 2)
+    cfg = load_config(None, ["model.text_hidden=96", "model.text_layers=3"])
     tok = ActionTokenizer.fit(np.random.default_rng(0).uniform(-1, 1, (100, 2)), 8)
     model, _ = build_models(cfg, tmp_path, [SimpleNamespace(instruction="reach the red block")], tok)
     text = model.config.text_config
-    assert (text.hidden_size, text.num_hidden_layers) == (128, 2)
+    assert (text.hidden_size, text.num_hidden_layers) == (96, 3)
     assert model.config.vision_config.model_type == "efficientnet_lite_vision"
-    assert model.model.multi_modal_projector.linear_2.out_features == 128
+    assert model.model.multi_modal_projector.linear_2.out_features == 96

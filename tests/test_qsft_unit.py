@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from qsft_robot.algo.qsft import bellman_targets, polyak_update, qsft_loss, token_rewards_discounts
+from qsft_robot.algo.qsft import (behavior_loss, bellman_targets, polyak_update, qsft_loss, smoothed_labels,
+                                  token_rewards_discounts)
 
 
 def logits_of(probs):
@@ -132,3 +133,30 @@ def test_support_keeps_pi_betas_most_likely_bin_when_every_bin_is_below_eps():
     q = torch.cat([0.5 * flat, torch.tensor([[0.5]])], dim=1).log()
     w = bellman_targets(q, flat.log(), torch.zeros(1), torch.ones(1), support_eps=0.05)
     assert w.item() == pytest.approx(0.5, rel=1e-4)  # the argmax bin's ratio, not 0 from an empty support
+
+
+def test_smoothed_labels_are_a_binned_gaussian_cut_to_each_rows_bins():
+    q = smoothed_labels(torch.tensor([5, 0, 1, 3]), 8, 1.0, torch.tensor([8, 8, 2, 4]))
+    assert torch.allclose(q.sum(-1), torch.ones(4))
+    normal = torch.distributions.Normal(5.5, 1.0)  # bin 5 is [5, 6): its centre 5.5
+    assert q[0, 5] == pytest.approx(float(normal.cdf(torch.tensor(6.0)) - normal.cdf(torch.tensor(5.0))) /
+                                    float(normal.cdf(torch.tensor(8.0)) - normal.cdf(torch.tensor(0.0))), rel=1e-5)
+    assert q[0, 4] == pytest.approx(float(q[0, 6]), rel=1e-6) and q[0, 5] > q[0, 4] > q[0, 3]  # symmetric, peaked
+    assert q[1, 0] > 0.5 and q[1, 1] > q[1, 2]                   # an edge bin keeps the mass cut off below 0
+    assert torch.equal(q[2], torch.nn.functional.one_hot(torch.tensor(1), 8).float())  # binary: one-hot
+    assert torch.all(q[3, 4:] == 0) and torch.all(q[3, :4] > 0)   # nothing past the row's own 4 bins
+
+
+def test_smoothed_behavior_loss_is_minimised_by_the_smoothed_labels_and_zero_sigma_is_cross_entropy():
+    actions, bins = torch.tensor([3, 10, 0]), torch.tensor([16, 16, 16])
+    logits = torch.randn(3, 16, requires_grad=True)
+    assert behavior_loss(logits, actions, 0.0, bins).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, actions).item())
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(500):
+        opt.zero_grad()
+        behavior_loss(logits, actions, 2.0, bins).backward()
+        opt.step()
+    target = smoothed_labels(actions, 16, 2.0, bins)
+    assert torch.allclose(logits.softmax(-1), target, atol=2e-3)
+    assert logits.softmax(-1)[0].argmax() == 3  # the smoothed model's mode is still the data bin

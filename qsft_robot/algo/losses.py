@@ -40,7 +40,8 @@ def batch_loss(ctx: LossContext, idx: np.ndarray, images=None, next_images=None)
         beh_logits = ctx.pi_cache[idx].float()
     else:
         beh_logits = ad.action_logits(ctx.views.pi_beta, cur, D, with_dummy=False)
-    bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1))
+    bins = torch.as_tensor(ad.action_tokenizer.bins).repeat(len(idx))  # each row's bin count, row-major (N, D)
+    bc = behavior_loss(beh_logits.reshape(-1, beh_logits.shape[-1]), tokens.reshape(-1), ctx.algo.label_sigma, bins)
     with torch.no_grad():
         entropy = float(-(beh_logits.softmax(-1) * beh_logits.log_softmax(-1)).sum(-1).mean())
     stats = {"bc_loss": bc.item(), "pi_entropy": entropy}

@@ -101,9 +101,32 @@ def qsft_loss(logits: Tensor, actions: Tensor, weights: Tensor, leftover: str = 
     return -(w * log_p_data + (1.0 - w) * log_p_rest).mean()
 
 
-def behavior_loss(logits: Tensor, actions: Tensor) -> Tensor:
-    """Plain cross-entropy of pi_beta on the data tokens: this is also the SFT/BC baseline."""
-    return F.cross_entropy(logits.float(), actions.long())
+def behavior_loss(logits: Tensor, actions: Tensor, sigma: float = 0.0, num_bins: Tensor | None = None) -> Tensor:
+    """Cross-entropy of pi_beta on the data tokens: this is also the SFT/BC baseline.
+
+    sigma > 0: the label is not the data bin alone but a Gaussian of width sigma (in bins) around it,
+    integrated over each bin and renormalised over the row's `num_bins` (HL-Gauss, Imani & White 2018;
+    Farebrother et al. 2024). Why: action bins are ordered, and one-hot labels treat bin 14 as unlike
+    bin 15 as it is unlike bin 0; with noisy logs (an operator's 0.2 action noise is ~3 bins) a one-hot
+    model fits each frame's noise exactly and its argmax follows it, a smoothed one learns where the
+    mass is. Rows with <= 2 bins (a binary gripper) keep the one-hot label.
+    """
+    if sigma <= 0:
+        return F.cross_entropy(logits.float(), actions.long())
+    return -(smoothed_labels(actions, logits.shape[-1], sigma, num_bins) * logits.float().log_softmax(-1)).sum(-1).mean()
+
+
+def smoothed_labels(actions: Tensor, width: int, sigma: float, num_bins: Tensor | None = None) -> Tensor:
+    """(N, width) HL-Gauss labels: the mass of N(a + 0.5, sigma^2) on each bin [k, k + 1), zero past num_bins."""
+    a = actions.long()
+    nb = torch.full_like(a, width) if num_bins is None else num_bins.long().to(a.device)
+    edges = torch.arange(width + 1, device=a.device, dtype=torch.float32)
+    normal = torch.distributions.Normal(a.float()[:, None] + 0.5, sigma)
+    cdf = normal.cdf(edges[None, :])
+    q = (cdf[:, 1:] - cdf[:, :-1]) * (edges[None, :-1] < nb[:, None])
+    q = q / q.sum(-1, keepdim=True).clamp_min(1e-12)
+    one_hot = F.one_hot(a, width).float()
+    return torch.where((nb <= 2)[:, None], one_hot, q)
 
 
 def token_rewards_discounts(rewards: Tensor, dones: Tensor, num_dims: int, gamma: float) -> tuple[Tensor, Tensor]:

@@ -70,8 +70,8 @@ def _rescale_init(model, std: float) -> None:
 
 
 def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 16,
-                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 192,
-                   text_layers: int = 3, seed: int = 0, vision: str = "efficientnet",
+                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 128,
+                   text_layers: int = 2, seed: int = 0, vision: str = "efficientnet",
                    output_stride: int = 16) -> Path:
     """Build tokenizer + processor + LlavaForConditionalGeneration from config and save them.
 
