@@ -113,7 +113,8 @@ def behavior_loss(logits: Tensor, actions: Tensor, sigma: float = 0.0, num_bins:
     """
     if sigma <= 0:
         return F.cross_entropy(logits.float(), actions.long())
-    return -(smoothed_labels(actions, logits.shape[-1], sigma, num_bins) * logits.float().log_softmax(-1)).sum(-1).mean()
+    labels = smoothed_labels(actions, logits.shape[-1], sigma, num_bins)
+    return -(labels * logits.float().log_softmax(-1)).sum(-1).mean()
 
 
 def smoothed_labels(actions: Tensor, width: int, sigma: float, num_bins: Tensor | None = None) -> Tensor:
