@@ -37,7 +37,7 @@ METHODS = tuple(sorted(ALGORITHMS, key=lambda a: a == "qsft"))  # in training or
 TUNED_Q = ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9", "train.sampling=episode"]
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", "qsft": "Q-SFT"}
 # every method's training settings (compact model, CPU budget); spec.overrides come after these
-BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50"]
+BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", "algo.label_sigma=4"]
 
 
 @dataclass

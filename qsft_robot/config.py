@@ -71,8 +71,11 @@ class AlgoConfig:
     behavior_init: str = ""         # a BC (sft) checkpoint/run: pi_beta = it, frozen; theta, theta_bar start from it
     num_bins: int = 256
     # > 0: BC / pi_beta labels are a Gaussian of this width (in bins) around the logged bin (HL-Gauss;
-    # algo/qsft.py behavior_loss says why; README: Algorithm notes for the measurement). 0: one-hot labels
-    label_sigma: float = 4.0
+    # algo/qsft.py behavior_loss says why; README: Algorithm notes). The benchmark and the demo train their BC
+    # models with 4. Default 0 (one-hot): a pi_beta trained smoothed is no longer the data's action distribution,
+    # so p_theta / pi_beta is no longer Q, which Bellman backups (and the value probe) read; acting and
+    # return-to-go targets do not
+    label_sigma: float = 0.0
     per_dim_bins: dict = field(default_factory=dict)
 
 

@@ -19,7 +19,7 @@ QUICK = {"episodes": 40, "steps": 30, "q_steps": 15, "eval_episodes": 10}
 # what configs/demo.yaml says, applied when no --config is given (an installed package has no configs/)
 RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=base_goto_red", "algo.num_bins=32",
           "train.lr=0.001", "data.end_is_terminal=true", "algo.target=return_to_go",
-          "algo.gamma=0.9"]
+          "algo.gamma=0.9", "algo.label_sigma=4"]
 
 
 def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str | None = None,

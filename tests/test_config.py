@@ -85,9 +85,12 @@ def test_a_setting_missing_from_an_older_checkpoint_reads_as_the_value_that_code
     del old["model"]["text_hidden"], old["model"]["text_layers"], old["algo"]["label_sigma"]
     del old["data"]["drop_nonfinite"]  # added later with an unchanged default: no change
     changes = config_changes(old, to_dict(load_config(None, [])), defaults)
-    assert sorted(c.split(":")[0] for c in changes) == ["algo.label_sigma", "model.text_hidden", "model.text_layers"]
+    assert sorted(c.split(":")[0] for c in changes) == ["model.text_hidden", "model.text_layers"]
     same = load_config(None, ["model.text_hidden=192", "model.text_layers=3", "algo.label_sigma=0"])
     assert config_changes(old, to_dict(same), defaults) == []
+    assert config_changes(old, to_dict(load_config(None, ["model.text_hidden=192", "model.text_layers=3",
+                                                          "algo.label_sigma=4"])), defaults) == [
+        "algo.label_sigma: 0.0 (saved before the setting existed) -> 4.0"]
     assert config_changes(old, to_dict(load_config(None, ["data.drop_nonfinite=true", *[
         "model.text_hidden=192", "model.text_layers=3", "algo.label_sigma=0"]])), defaults) == [
         "data.drop_nonfinite: False (saved before the setting existed) -> True"]

@@ -40,7 +40,7 @@ def test_resume_refuses_other_settings_and_reuses_a_finished_run(tmp_path, episo
     del saved["train"]["sampling"]
     (done / "qsft_config.yaml").write_text(yaml.safe_dump(saved))
     assert Trainer(cfg_for(tmp_path, steps=2), episodes).step == 2
-    with pytest.raises(ConfigError, match="train.sampling: None -> 'episode'"):
+    with pytest.raises(ConfigError, match=r"train.sampling: 'frame' \(saved before the setting existed\) -> 'episode'"):
         Trainer(cfg_for(tmp_path, steps=2, **{"train.sampling": "episode"}), episodes)
     # running a finished run again returns its checkpoint without training or rewriting it
     again = Trainer(cfg_for(tmp_path, steps=2, **{"train.log_every": 5}), episodes)  # logging may change
