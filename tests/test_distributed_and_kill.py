@@ -43,15 +43,22 @@ def assert_close(a, b, atol):
             assert torch.allclose(a[sub][k], b[sub][k], atol=atol), f"{sub}/{k}"
 
 
+# Bit-reproducible CPU maths for the comparison at 1e-6: one thread, and MKL's conditional numerical
+# reproducibility, without which sgemm's result may depend on buffer alignment and on how many threads
+# MKL picks under load (a loaded CI machine once gave a 1e-6 difference in one weight matrix). Adam
+# divides by sqrt(v), so such rounding in a near-zero gradient can grow past any fixed tolerance.
+REPRODUCIBLE = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MKL_DYNAMIC="FALSE", MKL_CBWR="COMPATIBLE")
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, dataset):
     steps = 8
     every = ("--set", "train.save_every=2")
     full = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "full", steps, *every)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=REPRODUCIBLE)
     assert full.returncode == 0, full.stderr[-2000:]
     proc = subprocess.Popen([sys.executable, *train_cmd(dataset, tmp_path / "killed", steps,
                                                         "--set", "train.save_every=2")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=REPRODUCIBLE)
     first = tmp_path / "killed" / "checkpoints" / "step-00000002" / "trainer_state.pt"
     deadline = time.monotonic() + 300
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -63,7 +70,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, dataset):
     assert done and done[-1] < f"step-{steps:08d}", done
     resumed = subprocess.run([sys.executable, *train_cmd(dataset, tmp_path / "killed", steps,
                                                          "--set", "train.save_every=2")],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, env=REPRODUCIBLE)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_close(weights(tmp_path / "full", steps), weights(tmp_path / "killed", steps), atol=1e-6)
 
