@@ -146,8 +146,11 @@ def _policy(eps, a, preset: str):
     import shutil
     run = OUT / f"decode_run_{preset}"
     shutil.rmtree(run, ignore_errors=True)  # a 1-step throwaway run: never resume one made by older code
-    ckpt = train(load_config(None, [f"train.out_dir={run}", "train.steps=1",
-                                    "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
+    # tiny_scratch: its own config file (the earlier default's image size and language model)
+    scratch_yaml = Path(__file__).parents[1] / "configs" / "model_tiny_scratch.yaml"
+    config = str(scratch_yaml) if preset == "tiny_scratch" else None
+    ckpt = train(load_config(config, [f"train.out_dir={run}", "train.steps=1",
+                                      "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
     pol = load_policy(ckpt, device=a.device)
     dtype = getattr(torch, a.dtype)
     pol.adapter.model.to(dtype)

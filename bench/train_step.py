@@ -1,8 +1,10 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
 (frozen, cached pi_beta), measured in one run; ratios against the default's SFT step, and the earlier
 default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache, 3 x 192 language model) as a
-baseline row, and the default tower with the earlier 3 x 192 language model (model.text_hidden / text_layers):
-the language model is ~90% of a step once the tower's features are cached.
+baseline row, and the default's earlier forms: its 2 x 128 language model, and the stride-16 4 x 4 map at
+64 px (16 image tokens, no position code) with the previous 2 x 128 and the first 3 x 192 language models.
+The language model is ~90% of a step once the tower's features are cached and its matrix products are
+most of that, so a step's cost follows (image + prompt tokens) x width^2.
 
     python bench/train_step.py [--batch 32 --steps 30]
 """
@@ -15,6 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import OUT, episodes, machine, table  # noqa: E402
+
+
+STRIDE16 = ["model.output_stride=16", "model.image_size=64", "model.position_channels=0"]
 
 
 def main():
@@ -30,10 +35,13 @@ def main():
     eps = episodes(n=24)
     variants = {"sft, tiny_scratch (earlier default)": ["algo.name=sft", "model.preset=tiny_scratch",
                                                         "model.freeze_vision=false", "model.text_hidden=192",
-                                                        "model.text_layers=3"],
+                                                        "model.text_layers=3", "model.image_size=64"],
                 "sft": ["algo.name=sft"],
-                "sft, 3 x 192 language model (the tower's first default)": ["algo.name=sft", "model.text_hidden=192",
-                                                                            "model.text_layers=3"],
+                "sft, 2 x 128 language model": ["algo.name=sft", "model.text_hidden=128"],
+                "sft, stride-16 4 x 4 map at 64 px, 2 x 128 (the previous default)": ["algo.name=sft", *STRIDE16,
+                                                                                     "model.text_hidden=128"],
+                "sft, stride-16 map, 3 x 192 language model (the tower's first default)": [
+                    "algo.name=sft", *STRIDE16, "model.text_hidden=192", "model.text_layers=3"],
                 "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
                 "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"],
                 "qsft frozen+cached, return_to_go": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0",

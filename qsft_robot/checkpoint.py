@@ -77,7 +77,8 @@ RESUMABLE_CHANGES = {"train.steps", "train.save_every", "train.keep_last", "trai
 
 # settings added after the first release whose default has since changed: the value a config saved before
 # the key existed was trained with (today's default would misread those runs)
-LEGACY_VALUES = {"model.text_hidden": 192, "model.text_layers": 3, "algo.label_sigma": 0.0}
+LEGACY_VALUES = {"model.text_hidden": 192, "model.text_layers": 3, "algo.label_sigma": 0.0,
+                 "model.position_channels": 0}
 
 
 def config_changes(saved: dict, now: dict, defaults: dict | None = None, prefix: str = "") -> list[str]:

@@ -34,14 +34,18 @@ class ModelConfig:
     # "pretrained": a local HF folder (model.path)
     preset: Literal["tiny", "tiny_scratch", "pretrained"] = "tiny"
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
-    # the model's input size (frames of any size are resized to it). 96 on the 64-px sim frames gives a 6x6
-    # stride-16 map (36 image tokens): better on the arm's wrist camera, worse on the base's (README: Algorithm notes)
-    image_size: int = 64
+    # the model's input size (frames of any size are resized to it). tiny: 48 px at output_stride 8 is a 6x6 map of
+    # 36 image tokens (README: The compact default model says why, with the measurements)
+    image_size: int = 48
     patch_size: int = 16            # tiny_scratch: vision patch size ((image_size/patch_size)^2 image tokens)
-    output_stride: int = 16         # tiny: EfficientNet feature map stride (4, 8, 16, 32); 16 -> 4x4 tokens at 64 px
+    output_stride: int = 8          # tiny: EfficientNet feature map stride (4, 8, 16, 32); 8 -> 6x6 tokens at 48 px
+    # tiny: fixed 2-D sin/cos code of each image token's cell, concatenated to its features (0: none, the earlier
+    # model); models/efficientnet_tower.py grid_position_code says why
+    position_channels: int = 16
     # tiny presets: width and depth of the small Llama language model. Its compute is ~90% of a cached-feature
-    # train step; 2 x 128 trains 2.3x faster than the earlier 3 x 192 at equal held-out success (README: Measured)
-    text_hidden: int = 128
+    # train step and grows with the image tokens; 2 x 96 keeps the 36-token step under half the earlier
+    # default's at equal held-out success (README: The compact default model, Measured)
+    text_hidden: int = 96
     text_layers: int = 2
     image_position: Literal["first", "after_instruction"] = "first"  # after_instruction: after the question
     use_state: bool = True          # proprio state as text in the prompt
@@ -133,8 +137,8 @@ class CollectConfig:
     episodes: int = 100
     quality: str = "mixed"
     seed: int = 0
-    # the model's input size (frames of any size are resized to it). 96 on the 64-px sim frames gives a 6x6
-    # stride-16 map (36 image tokens): better on the arm's wrist camera, worse on the base's (README: Algorithm notes)
+    # the rendered camera frame size (square), of collected data and of sim evaluation; the model resizes
+    # frames to its own model.image_size
     image_size: int = 64
     workers: int = 1
 

@@ -75,22 +75,23 @@ def test_benchmark_flags_default_to_benchspec_and_pass_through():
 
 
 def test_a_setting_missing_from_an_older_checkpoint_reads_as_the_value_that_code_used():
-    """Resuming a run saved before model.text_hidden / algo.label_sigma existed: it was trained with the
-    earlier values (3 x 192, one-hot labels), not today's defaults, so today's defaults are a change."""
+    """Resuming a run saved before model.text_hidden / algo.label_sigma / model.position_channels existed:
+    it was trained with the earlier values (3 x 192, one-hot labels, no position code), not today's
+    defaults, so today's defaults are a change."""
     from qsft_robot.checkpoint import config_changes
     from qsft_robot.config import RunConfig, load_config, to_dict
 
     defaults = to_dict(RunConfig())
     old = to_dict(RunConfig())
     del old["model"]["text_hidden"], old["model"]["text_layers"], old["algo"]["label_sigma"]
+    del old["model"]["position_channels"]
     del old["data"]["drop_nonfinite"]  # added later with an unchanged default: no change
     changes = config_changes(old, to_dict(load_config(None, [])), defaults)
-    assert sorted(c.split(":")[0] for c in changes) == ["model.text_hidden", "model.text_layers"]
-    same = load_config(None, ["model.text_hidden=192", "model.text_layers=3", "algo.label_sigma=0"])
-    assert config_changes(old, to_dict(same), defaults) == []
-    assert config_changes(old, to_dict(load_config(None, ["model.text_hidden=192", "model.text_layers=3",
-                                                          "algo.label_sigma=4"])), defaults) == [
+    assert sorted(c.split(":")[0] for c in changes) == ["model.position_channels", "model.text_hidden",
+                                                        "model.text_layers"]
+    earlier = ["model.text_hidden=192", "model.text_layers=3", "model.position_channels=0"]
+    assert config_changes(old, to_dict(load_config(None, [*earlier, "algo.label_sigma=0"])), defaults) == []
+    assert config_changes(old, to_dict(load_config(None, [*earlier, "algo.label_sigma=4"])), defaults) == [
         "algo.label_sigma: 0.0 (saved before the setting existed) -> 4.0"]
-    assert config_changes(old, to_dict(load_config(None, ["data.drop_nonfinite=true", *[
-        "model.text_hidden=192", "model.text_layers=3", "algo.label_sigma=0"]])), defaults) == [
+    assert config_changes(old, to_dict(load_config(None, ["data.drop_nonfinite=true", *earlier])), defaults) == [
         "data.drop_nonfinite: False (saved before the setting existed) -> True"]

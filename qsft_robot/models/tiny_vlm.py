@@ -69,10 +69,10 @@ def _rescale_init(model, std: float) -> None:
                 m.weight.normal_(0.0, std)
 
 
-def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, patch_size: int = 16,
-                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 128,
+def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 48, patch_size: int = 16,
+                   vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 96,
                    text_layers: int = 2, seed: int = 0, vision: str = "efficientnet",
-                   output_stride: int = 16) -> Path:
+                   output_stride: int = 8, position_channels: int = 16) -> Path:
     """Build tokenizer + processor + LlavaForConditionalGeneration from config and save them.
 
     vision="efficientnet" (the default): the image tower is ImageNet EfficientNet-Lite0 cut at
@@ -96,7 +96,8 @@ def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 64, pa
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         do_center_crop=True, do_resize=True, **norm)
     if vision == "efficientnet":
-        vision_cfg = EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride, token_norm=True)
+        vision_cfg = EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride, token_norm=True,
+                                                  position_channels=position_channels)
         num_patches, strategy, patch_size, extra_tokens = vision_cfg.num_image_tokens, "full", output_stride, 0
     else:
         num_patches, strategy, extra_tokens = (image_size // patch_size) ** 2, "default", 1

@@ -29,6 +29,7 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
                               image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
                               seed=cfg.train.seed, output_stride=cfg.model.output_stride,
                               text_hidden=cfg.model.text_hidden, text_layers=cfg.model.text_layers,
+                              position_channels=cfg.model.position_channels,
                               vision="efficientnet" if cfg.model.preset == "tiny" else "clip_scratch")
     else:
         base = Path(cfg.model.path)
