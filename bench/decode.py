@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import OUT, episodes, machine, table  # noqa: E402
+from common import OUT, TINY_SCRATCH_CONFIG, episodes, machine, table  # noqa: E402
 
 
 def timed(fns: dict, repeat: int = 20, warmup: int = 3) -> dict:
@@ -146,9 +146,7 @@ def _policy(eps, a, preset: str):
     import shutil
     run = OUT / f"decode_run_{preset}"
     shutil.rmtree(run, ignore_errors=True)  # a 1-step throwaway run: never resume one made by older code
-    # tiny_scratch: its own config file (the earlier default's image size and language model)
-    scratch_yaml = Path(__file__).parents[1] / "configs" / "model_tiny_scratch.yaml"
-    config = str(scratch_yaml) if preset == "tiny_scratch" else None
+    config = TINY_SCRATCH_CONFIG if preset == "tiny_scratch" else None  # the earlier default's image size and LM
     ckpt = train(load_config(config, [f"train.out_dir={run}", "train.steps=1",
                                       "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
     pol = load_policy(ckpt, device=a.device)

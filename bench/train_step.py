@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import OUT, episodes, machine, table  # noqa: E402
+from common import OUT, TINY_SCRATCH_CONFIG, episodes, machine, table  # noqa: E402
 
 
 STRIDE16 = ["model.output_stride=16", "model.image_size=64", "model.position_channels=0"]
@@ -33,9 +33,8 @@ def main():
     from qsft_robot.train.trainer import Trainer
 
     eps = episodes(n=24)
-    variants = {"sft, tiny_scratch (earlier default)": ["algo.name=sft", "model.preset=tiny_scratch",
-                                                        "model.freeze_vision=false", "model.text_hidden=192",
-                                                        "model.text_layers=3", "model.image_size=64"],
+    scratch = "sft, tiny_scratch (earlier default)"   # configs/model_tiny_scratch.yaml
+    variants = {scratch: ["algo.name=sft"],
                 "sft": ["algo.name=sft"],
                 "sft, 2 x 128 language model": ["algo.name=sft", "model.text_hidden=128"],
                 "sft, stride-16 4 x 4 map at 64 px, 2 x 128 (the previous default)": ["algo.name=sft", *STRIDE16,
@@ -50,8 +49,9 @@ def main():
     for name, sets in variants.items():
         run = OUT / f"train_step_{''.join(c if c.isalnum() else '_' for c in name)}"
         shutil.rmtree(run, ignore_errors=True)
-        tr = Trainer(load_config(None, sets + [f"train.out_dir={run}", f"train.batch_size={a.batch}",
-                                               "train.steps=100000", "train.save_every=100000"]), eps)
+        tr = Trainer(load_config(TINY_SCRATCH_CONFIG if name == scratch else None,
+                                 sets + [f"train.out_dir={run}", f"train.batch_size={a.batch}",
+                                         "train.steps=100000", "train.save_every=100000"]), eps)
         if tr.frozen_behavior_due():
             tr.pi_cache = tr.build_behavior_cache()  # one-off cost per dataset, outside the step time
         tr.train_step()  # warm-up
@@ -59,7 +59,7 @@ def main():
         for _ in range(a.steps):
             tr.train_step()
         times[name] = (time.perf_counter() - t) / a.steps
-    earlier = times["sft, tiny_scratch (earlier default)"]
+    earlier = times[scratch]
     rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x", f"{v / earlier:.2f}x"] for k, v in times.items()]
     table(f"train step, default model (frozen EfficientNet tower, cached features), batch {a.batch} — {machine()}",
           ["algorithm", "s/step", "vs SFT", "vs earlier default's SFT"], rows)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qsft_robot.models.efficientnet_tower import (BLOCKS_FOR_STRIDE, CHANNELS_FOR_STRIDE, IMAGE_MEAN, IMAGE_STD,
-                                                  grid_position_code, reference_model)
+                                                  EfficientNetLiteVisionConfig, grid_position_code, reference_model)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,6 @@ def test_grid_position_code_tells_every_cell_apart():
         torch.testing.assert_close(code[:, :, 8:], code[:1, :, 8:].expand(h, w, 8))   # columns
         assert (code[0, 1:, 8] > code[0, :-1, 8]).all() and code.abs().max() <= 1
     with pytest.raises(ValueError, match="multiple of 4"):
-        from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionConfig
         EfficientNetLiteVisionConfig(position_channels=6)
 
 
@@ -86,7 +85,6 @@ def test_image_tokens_carry_features_then_position(compact):
 def test_a_tower_saved_before_position_channels_loads_without_them(tmp_path):
     """A compact model saved by an earlier release has no position_channels in its config: it reloads as
     the model it was (feature tokens only), not with today's default."""
-    from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionConfig
     cfg = EfficientNetLiteVisionConfig(image_size=64, output_stride=16)
     cfg.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
