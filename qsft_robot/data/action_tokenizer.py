@@ -26,6 +26,9 @@ class ActionTokenizer:
     bins: list[int]           # number of bins per dimension (2 for a binary gripper)
     vocab_ids: list[int] = field(default_factory=list)  # vocabulary id of bin k (shared by all dims)
     mapping: str = "added_tokens"  # or "least_used" (OpenVLA: overwrite the B least-used ids)
+    # the dataset's names of the action dims (LeRobot features.action.names), so that a robot can check that
+    # dim d drives the joint it was recorded from; None where the data has none (and in older checkpoints)
+    names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.low) == len(self.high) == len(self.bins)):
@@ -35,11 +38,13 @@ class ActionTokenizer:
                 raise InvalidActionError(f"action dim {d}: non-finite range [{lo}, {hi}]")
             if nb < 2:
                 raise ValueError(f"action dim {d}: needs at least 2 bins, got {nb}")
+        if self.names is not None and len(self.names) != len(self.bins):
+            raise ValueError(f"{len(self.names)} action names for {len(self.bins)} action dims")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def fit(cls, actions: np.ndarray, num_bins: int = 256, per_dim_bins: dict[int, int] | None = None,
-            quantiles: tuple[float, float] = (0.01, 0.99)) -> "ActionTokenizer":
+            quantiles: tuple[float, float] = (0.01, 0.99), names: list[str] | None = None) -> "ActionTokenizer":
         actions = np.asarray(actions, dtype=np.float64)
         check_finite_actions(actions, where="tokenizer fit data")
         low = np.quantile(actions, quantiles[0], axis=0)
@@ -49,7 +54,7 @@ class ActionTokenizer:
         low = np.where(degenerate, low - 1e-3, low)
         high = np.where(degenerate, high + 1e-3, high)
         bins = [int((per_dim_bins or {}).get(d, num_bins)) for d in range(actions.shape[1])]
-        return cls(low=low.tolist(), high=high.tolist(), bins=bins)
+        return cls(low=low.tolist(), high=high.tolist(), bins=bins, names=None if names is None else list(names))
 
     @classmethod
     def from_stats(cls, q01, q99, num_bins: int = 256, per_dim_bins: dict[int, int] | None = None):

@@ -55,3 +55,12 @@ def drop_nonfinite_frames(ep: Episode, where: str, log) -> Episode:
     ep.state = None if ep.state is None else ep.state[keep]
     ep.rewards = None if ep.rewards is None else ep.rewards[keep]
     return ep
+
+
+def common_action_names(episodes: list[Episode]) -> list[str] | None:
+    """The action names every episode's dataset gave (Episode.meta["action_names"]), for the action tokenizer
+    to record in a checkpoint; None when any episode has none or two datasets disagree."""
+    names = {tuple(e.meta["action_names"]) if e.meta.get("action_names") else None for e in episodes}
+    if len(names) != 1 or None in names:
+        return None
+    return list(names.pop())

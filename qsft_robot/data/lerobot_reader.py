@@ -21,6 +21,19 @@ logger = logging.getLogger(__name__)
 SUPPORTED = ("v2.1", "v3.0")
 
 
+def action_names(info: dict) -> list[str] | None:
+    """The dataset's names of the action dims (features.action.names: a list, or in older datasets a dict
+    holding one list such as {"motors": [...]}), or None when it has none or they do not fit the shape."""
+    feat = info.get("features", {}).get("action", {})
+    names = feat.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    shape = feat.get("shape") or [None]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != shape[-1]:
+        return None
+    return names
+
+
 def read_info(root: Path) -> dict:
     path = root / "meta" / "info.json"
     if not path.is_file():
@@ -221,6 +234,7 @@ class _Reader:
         ep = Episode(images=images_out, actions=actions, instruction=instruction, state=state, rewards=rewards,
                      success=bool(any(success_col)) if success_col is not None else False,
                      meta={"episode_index": e, "has_success": success_col is not None,
+                           "action_names": action_names(self.info),
                            "has_reward": rewards is not None})
         ep.terminated = ep.success
         if drop_nonfinite:
