@@ -14,15 +14,18 @@ import subprocess
 import time
 
 import pytest
-from test_ros_node import RED, ROOT, Probe, next_domain, output, popen_logged
+from test_ros_node import LEFT, RED, ROOT, Probe, next_domain, output, popen_logged
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 pytest.importorskip("ros2launch", reason="ros2 launch is not installed: pip install --no-deps "
                                          "../shared/wheels/ros2-launch/*.whl (see that folder's README)")
-from geometry_msgs.msg import Twist  # noqa: E402
+import numpy as np  # noqa: E402
+from geometry_msgs.msg import Twist, TwistStamped  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from qsft_robot.ros.params import PARAM_SPECS  # noqa: E402
+from qsft_robot.ros.params import PARAM_SPECS, PROFILES  # noqa: E402
+from qsft_robot.ros.profiles import RobotProfile  # noqa: E402
 
 FAILING = "qsft_robot.ros.fault_policies:FailingPolicy"
 
@@ -77,9 +80,31 @@ def test_show_args_describes_every_argument(ws_env):
     assert all(len(b) >= 3 and b[1].strip() and not b[1].strip().startswith("(default") for b in blocks), out
 
 
-@pytest.mark.parametrize("profile,msg_type,instruction", [
-    ("base", Twist, "drive to the red cone"), ("arm", Float64MultiArray, "reach the red block")])
-def test_launch_color_seek_acts_and_stops_on_sigint(ws_env, report, profile, msg_type, instruction):
+# each shipped profile: its command message, the instruction of its config/<profile>.yaml, and a camera image
+# color_seek acts on (the joint-position arm pans toward a blob off the image centre)
+LAUNCHED = {"base": (Twist, "drive to the red cone", RED), "arm": (Float64MultiArray, "reach the red block", RED),
+            "servo_arm": (TwistStamped, "reach the red block", RED),
+            "so100": (JointTrajectory, "turn toward the red block", LEFT)}
+POSE = [0.2, -0.4, 0.6, -0.8, 1.0, 0.4]  # the so100 arm's measured pose, published on /joint_states
+
+
+def command_values(m) -> list[float]:
+    if isinstance(m, Twist):
+        return [m.linear.x, m.angular.z]
+    if isinstance(m, TwistStamped):
+        return [m.twist.linear.x, m.twist.linear.y, m.twist.linear.z]
+    if isinstance(m, JointTrajectory):
+        return list(m.points[0].positions)
+    return list(m.data)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_launch_color_seek_acts_and_stops_on_sigint(ws_env, report, profile):
+    """Every shipped profile starts under `ros2 launch ... profile:=<it> policy:=color_seek`, acts, and ends on
+    SIGINT with its stop: zero for velocities and deltas, the measured pose for joint positions."""
+    msg_type, instruction, image = LAUNCHED[profile]
+    holds = RobotProfile.load(ROOT / "configs" / "robots" / f"{profile}.yaml").holds_position
+    joints = (RobotProfile.load(ROOT / "configs" / "robots" / "so100.yaml").joint_names, POSE) if holds else None
     domain = next_domain()
     probe = Probe(domain, preview_type=msg_type)
     t0 = time.monotonic()
@@ -89,12 +114,12 @@ def test_launch_color_seek_acts_and_stops_on_sigint(ws_env, report, profile, msg
         assert probe.wait_for("/qsft/status", timeout=40), "no status from the launched node"
         t_up = time.monotonic()
         assert probe.status()["instruction"] == instruction, "the launch must keep the profile YAML's instruction"
-        probe.stream(5.0, hz=10, rgb=RED, until=lambda: probe.status().get("actions", 0) >= 3)
+        probe.stream(5.0, hz=10, rgb=image, joints=joints, until=lambda: probe.status().get("actions", 0) >= 3)
         assert probe.wait_for("/qsft/status", lambda s: s["actions"] > 0, timeout=5)
-        values = [[m.linear.x, m.angular.z] if profile == "base" else list(m.data)
-                  for _, m in probe.msgs["/qsft/preview"]]
-        assert any(abs(v[0]) > 1e-9 for v in values), "commands for frames"
-        assert abs(values[-1][0]) > 1e-9, "still moving before SIGINT (max_image_age:=5)"
+        values = [command_values(m) for _, m in probe.msgs["/qsft/preview"]]
+        rest = POSE if holds else [0.0] * len(values[-1])
+        assert any(not np.allclose(v, rest) for v in values), "commands for frames"
+        assert not np.allclose(values[-1], rest), "still moving before SIGINT (max_image_age:=5)"
         assert probe.status()["state"] == "running", probe.status()
         t_sig = time.monotonic()
         out = finish(proc)
@@ -103,8 +128,8 @@ def test_launch_color_seek_acts_and_stops_on_sigint(ws_env, report, profile, msg
         assert proc.returncode == 0, out[-3000:]
         assert "process has finished cleanly" in out
         last_t, last = probe.msgs["/qsft/preview"][-1]
-        last_v = [last.linear.x, last.angular.z] if profile == "base" else list(last.data)
-        assert last_t > t_sig and all(v == 0.0 for v in last_v), "SIGINT must end with a zero command"
+        assert last_t > t_sig, "SIGINT must end with a stop"
+        np.testing.assert_allclose(command_values(last), rest, rtol=0, atol=1e-9)  # zero, or the measured pose
         report(f"ros2 launch profile:={profile} policy:=color_seek: status after {t_up - t0:.1f}s, "
                f"SIGINT -> exit 0 in {t_end - t_sig:.2f}s")
     finally:

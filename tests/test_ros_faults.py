@@ -37,10 +37,13 @@ def probe(domain):
     p.close()
 
 
-def node(domain, profile="base", **kw):
+FAULT_NODE = "ros_fault_node"  # tests/ros_fault_node.py: the node with a test-only inject_fault parameter
+
+
+def node(domain, profile="base", module="policy_node", **kw):
     params = {"policy": "color_seek", "instruction": "drive to the red cone", "control_hz": 5.0}
     params.update(kw)
-    return start("policy_node", PKG / "config" / f"{profile}.yaml", domain=domain, **params)
+    return start(module, PKG / "config" / f"{profile}.yaml", domain=domain, **params)
 
 
 def moving(m) -> bool:
@@ -259,10 +262,11 @@ def test_arm_profile_with_color_seek_acts_and_reports(domain):
     ("watchdog", 100, {"control_hz": 1.0, "max_image_age": 0.5}),
     ("inference", 8, {"control_hz": 10.0})])  # the inference thread's own code, outside the policy call
 def test_a_crash_outside_the_policy_stops_reports_fault_and_exits_nonzero(domain, probe, callback, at, timing):
-    """A bug in any other callback (here injected with the test-only inject_fault parameter) ends the
+    """A bug in any other callback (here injected by the test-only node's inject_fault parameter) ends the
     executor's spinning, watchdog included, or the inference thread: the node must stop, say why and exit,
     never stay up silent."""
-    proc = node(domain, enable_actuation=True, inject_fault=f"{callback}:{at}", fault_linger_s=0.6, **timing)
+    proc = node(domain, module=FAULT_NODE, enable_actuation=True, inject_fault=f"{callback}:{at}",
+                fault_linger_s=0.6, **timing)
     try:
         assert probe.wait_for("/qsft/status", timeout=30)
         probe.stream(8.0, hz=10, rgb=RED, until=lambda: proc.poll() is not None)
@@ -346,7 +350,7 @@ def test_a_lost_inference_wakeup_is_recovered_by_the_watchdog(domain, probe):
     frame follows, as in lockstep, where the next frame waits for this one's command: the watchdog must
     notice the frame nobody acted on and wake inference itself (`rewakes` in the status), well within
     the one-second re-send of the sim bridge, rather than leave the robot waiting for a frame."""
-    proc = node(domain, inject_fault="wakeup:1", max_image_age=2.0, watchdog_hz=50.0)
+    proc = node(domain, module=FAULT_NODE, inject_fault="wakeup:1", max_image_age=2.0, watchdog_hz=50.0)
     try:
         assert probe.wait_for("/qsft/status", timeout=30), "node did not come up"
         for _ in range(3):  # one frame (the image QoS is best effort: send again only if it was lost)
@@ -360,3 +364,19 @@ def test_a_lost_inference_wakeup_is_recovered_by_the_watchdog(domain, probe):
     assert s["frames"] == 1 and s["rewakes"] == 1, (s, out[-2000:])
     assert 20.0 <= s["wait_ms"] < 1000.0, s   # woken by the watchdog (>= one 20 ms period), not by the frame
     assert any(moving(m) for _, m in probe.msgs["/qsft/preview"])
+
+
+def test_fault_injection_is_test_only_and_its_spec_is_checked():
+    """inject_fault lives in the test-only node (tests/ros_fault_node.py), not in the product node's table."""
+    import sys
+
+    from qsft_robot.ros.params import PARAM_SPECS
+
+    sys.path.insert(0, str(PKG))
+    from ros_fault_node import parse_fault
+
+    assert "inject_fault" not in PARAM_SPECS
+    assert parse_fault("") is None and parse_fault("watchdog:3") == ("watchdog", 3)
+    for bad in ("policy:1", "image:0", "image", "image:x"):
+        with pytest.raises(ValueError):
+            parse_fault(bad)

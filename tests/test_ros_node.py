@@ -28,8 +28,8 @@ os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 from geometry_msgs.msg import Twist  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Bool, String  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
 
 from qsft_robot.ros.image_conv import rgb_to_image_fields  # noqa: E402
 
@@ -44,7 +44,7 @@ def next_domain() -> int:
 
 def node_env(domain: int | None = None):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PKG), str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(PKG), str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     if domain is not None:
         env["ROS_DOMAIN_ID"] = str(domain)
@@ -52,7 +52,10 @@ def node_env(domain: int | None = None):
 
 
 def start(module, params_file=None, domain=None, **params):
-    cmd = [sys.executable, "-m", f"qsft_robot_ros.{module}", "--ros-args"]
+    """Start a node of the ROS package (policy_node, sim_bridge), or any other module by its full name (the
+    test-only fault-injection node, tests/ros_fault_node.py), as its own process."""
+    target = f"qsft_robot_ros.{module}" if module in ("policy_node", "sim_bridge") else module
+    cmd = [sys.executable, "-m", target, "--ros-args"]
     if params_file:
         cmd += ["--params-file", str(params_file)]
     for k, v in params.items():
@@ -94,7 +97,9 @@ class Probe:
     """Test-side node: publishes images/e-stop/instructions, records what comes back with times.
 
     With `domain` it gets its own rclpy context on that ROS_DOMAIN_ID; `preview_type` is the command
-    message of the profile under test (Twist for a base, Float64MultiArray for an arm)."""
+    message of the profile under test (Twist for a base, Float64MultiArray for the sim arm, TwistStamped for
+    MoveIt Servo, JointTrajectory for joint positions). It also records the gripper's preview topic and
+    publishes JointState on /joint_states (publish_joints)."""
 
     def __init__(self, domain: int | None = None, preview_type=Twist):
         self.context = None
@@ -105,10 +110,11 @@ class Probe:
             rclpy.init()
         self.node = rclpy.create_node(f"probe_{os.getpid()}_{time.monotonic_ns()}", context=self.context)
         self.msgs: dict[str, list] = {"/qsft/preview": [], "/cmd_vel": [], "/qsft/status": [], "/sim/status": [],
-                                      "/qsft/command_source": []}
-        for topic in ("/qsft/preview", "/cmd_vel"):
+                                      "/qsft/command_source": [], "/qsft/preview/gripper": []}
+        for topic, kind in (("/qsft/preview", preview_type), ("/cmd_vel", preview_type),
+                            ("/qsft/preview/gripper", Float64MultiArray)):
             self.node.create_subscription(
-                preview_type, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
+                kind, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), m)), 50)
         for topic in ("/qsft/status", "/sim/status", "/qsft/command_source"):  # JSON strings
             self.node.create_subscription(
                 String, topic, lambda m, t=topic: self.msgs[t].append((time.monotonic(), json.loads(m.data))), 50)
@@ -116,6 +122,7 @@ class Probe:
         self.sent = 0  # frames published
         self.estop_pub = self.node.create_publisher(Bool, "/qsft/estop", 10)
         self.instr_pub = self.node.create_publisher(String, "/qsft/instruction", 10)
+        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -135,10 +142,21 @@ class Probe:
         self.img_pub.publish(msg)
         self.sent += 1
 
-    def stream(self, seconds, hz=20, rgb=None, until=None, **kw):
-        """Publish frames at hz for `seconds` (or until `until()` is true); returns the last publish time."""
+    def publish_joints(self, names, positions, stamp_offset: float | None = 0.0):
+        """A JointState as a joint_state_broadcaster sends it; stamp_offset as in publish_image."""
+        msg = JointState(name=list(names), position=[float(x) for x in positions])
+        if stamp_offset is not None:
+            ns = self.node.get_clock().now().nanoseconds + int(stamp_offset * 1e9)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+        self.joint_pub.publish(msg)
+
+    def stream(self, seconds, hz=20, rgb=None, until=None, joints=None, **kw):
+        """Publish frames at hz for `seconds` (or until `until()` is true), each after a JointState when
+        `joints` = (names, positions) is given; returns the last publish time."""
         end, last = time.monotonic() + seconds, None
         while time.monotonic() < end and not (until is not None and until()):
+            if joints is not None:
+                self.publish_joints(*joints)
             self.publish_image(rgb, **kw)
             last = time.monotonic()
             time.sleep(1.0 / hz)
@@ -163,6 +181,8 @@ class Probe:
 
 RED = np.zeros((64, 64, 3), np.uint8)
 RED[20:44, 24:40] = (230, 25, 25)
+LEFT = np.zeros((64, 64, 3), np.uint8)  # the blob left of centre: color_seek pans a joint-position arm toward it
+LEFT[20:44, 2:14] = (230, 25, 25)
 
 
 @pytest.fixture
@@ -335,11 +355,16 @@ def test_params_files_load_and_match_the_node():
     sys.path.insert(0, str(PKG))
     import qsft_robot_ros.policy_node as pn
 
-    for profile in ("arm", "base"):
+    from qsft_robot.ros.params import PROFILES
+    from qsft_robot.ros.profiles import RobotProfile
+
+    assert set(PROFILES) == {p.stem for p in (ROOT / "configs" / "robots").glob("*.yaml")}
+    for profile in PROFILES:
         params = yaml.safe_load((PKG / "config" / f"{profile}.yaml").read_text())["qsft_policy"]["ros__parameters"]
         assert set(params) <= set(pn.PARAMS), set(params) - set(pn.PARAMS)
         assert params["enable_actuation"] is False
-        assert pn.resolve_profile(params["robot_profile"]).is_file()
+        prof = RobotProfile.load(pn.resolve_profile(params["robot_profile"]))
+        assert bool(params["joint_state_topic"]) or not prof.holds_position, profile
 
 
 def test_colcon_builds_the_workspace(tmp_path):
@@ -358,9 +383,11 @@ def test_colcon_builds_the_workspace(tmp_path):
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     share = ws / "install" / "qsft_robot" / "share" / "qsft_robot"
-    for rel in ("package.xml", "launch/policy.launch.py", "launch/sim.launch.py", "config/base.yaml",
-                "config/arm.yaml", "config/robots/base.yaml", "config/robots/arm.yaml", "config/sim/base.yaml",
-                "config/sim/arm.yaml"):
+    from qsft_robot.ros.params import PROFILES
+
+    for rel in ("package.xml", "launch/policy.launch.py", "launch/sim.launch.py", "config/sim/base.yaml",
+                "config/sim/arm.yaml", *(f"config/{p}.yaml" for p in PROFILES),
+                *(f"config/robots/{p}.yaml" for p in PROFILES)):
         assert (share / rel).is_file(), rel
     for exe in ("policy_node", "sim_bridge"):
         assert os.access(ws / "install" / "qsft_robot" / "lib" / "qsft_robot" / exe, os.X_OK), exe

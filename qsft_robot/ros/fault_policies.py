@@ -16,8 +16,8 @@ from qsft_robot.ros.scripted_policy import ColorSeekPolicy
 class SlowPolicy(ColorSeekPolicy):
     """color_seek that answers at once for `fast_calls` calls, then takes `delay` seconds per call."""
 
-    def __init__(self, action_dim: int = 2, delay: float = 3.0, fast_calls: int = 0):
-        super().__init__(action_dim)
+    def __init__(self, action_dim: int = 2, delay: float = 3.0, fast_calls: int = 0, **kwargs):
+        super().__init__(action_dim, **kwargs)
         self.delay, self.fast_calls, self.calls = float(delay), int(fast_calls), 0
 
     def act(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:
@@ -30,8 +30,8 @@ class SlowPolicy(ColorSeekPolicy):
 class FailingPolicy(ColorSeekPolicy):
     """color_seek that raises on call `fail_at` (1 = the first frame), as a broken model would."""
 
-    def __init__(self, action_dim: int = 2, fail_at: int = 1):
-        super().__init__(action_dim)
+    def __init__(self, action_dim: int = 2, fail_at: int = 1, **kwargs):
+        super().__init__(action_dim, **kwargs)
         self.fail_at, self.calls = int(fail_at), 0
 
     def act(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:

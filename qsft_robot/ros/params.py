@@ -9,6 +9,7 @@ from __future__ import annotations
 from qsft_robot.config import ACTING_MODES
 
 KINDS = "checkpoint | color_seek | <module>:<class>"
+PROFILES = ("base", "arm", "servo_arm", "so100")  # configs/robots/<name>.yaml, each with config/<name>.yaml
 
 # name: (default, description). Only `instruction` may change at run time (see RUNTIME_PARAMS).
 PARAM_SPECS: dict[str, tuple[object, str]] = {
@@ -17,7 +18,7 @@ PARAM_SPECS: dict[str, tuple[object, str]] = {
     "policy_args": ("", "JSON object of keyword arguments for a scripted or plug-in policy"),
     "mode": ("argmax_q", f"acting mode of a checkpoint: {' | '.join(ACTING_MODES)} (sft for SFT/filtered-BC runs)"),
     "device": ("auto", "auto (cuda when available) | cpu | cuda[:N]"),
-    "robot_profile": ("base", "configs/robots/<name>.yaml (arm | base) or a path to a profile"),
+    "robot_profile": ("base", f"configs/robots/<name>.yaml ({' | '.join(PROFILES)}) or a path to a profile"),
     "instruction": ("", "language instruction; may be changed at run time"),
     "max_instruction_chars": (256, "longer instructions are cut to this (one warning each)"),
     "image_topic": ("/camera/image_raw", "sensor_msgs/Image (or CompressedImage) topic"),
@@ -34,22 +35,22 @@ PARAM_SPECS: dict[str, tuple[object, str]] = {
     "fault_linger_s": (1.0, "after a fault, publish stop + fault status this long before exiting"),
     "enable_actuation": (False, "false: dry run, commands go to preview_topic"),
     "command_topic": ("/cmd_vel", "where commands go when enable_actuation is true"),
+    "gripper_topic": ("", (
+        "std_msgs/Float64MultiArray for the gripper dim of an ee_delta profile sent as twist_stamped (a forward "
+        "command controller); in a dry run it goes to <preview_topic>/gripper ('' = the gripper dim is dropped)")),
     "preview_topic": ("/qsft/preview", "where commands go in a dry run"),
     "status_topic": ("/qsft/status", "std_msgs/String JSON status at <= 5 Hz"),
     "estop_topic": ("/qsft/estop", "std_msgs/Bool; true stops and latches until restart"),
     "instruction_topic": ("/qsft/instruction", "std_msgs/String; replaces the instruction"),
-    "joint_state_topic": ("", "sensor_msgs/JointState for policies that use proprioception ('' = none)"),
+    "joint_state_topic": ("", (
+        "sensor_msgs/JointState: proprio state for the policy, and for joint_position profiles the measured pose "
+        "(required there: a stop holds it, the slew limit starts from it) ('' = none)")),
     "command_source_topic": ("/qsft/command_source", (
         "std_msgs/String JSON after each command: the header stamp of the frame and the instruction it came "
         "from, and its values (the sim bridge's lockstep; '' = off)")),
-    "inject_fault": ("", (
-        "TESTS ONLY: '<callback>:<n>' makes that callback (image | watchdog | inference) raise on its n-th "
-        "call, to check that a crash outside the policy still stops the robot and exits non-zero; 'wakeup:<n>' "
-        "drops the n-th frame's inference wake-up, to check that the watchdog wakes inference again ('' = off)")),
 }
 PARAMS = {k: v for k, (v, _) in PARAM_SPECS.items()}
 RUNTIME_PARAMS = {"instruction"}
-FAULT_CALLBACKS = ("image", "watchdog", "wakeup", "inference")
 
 
 def late_bound(max_image_age: float, control_hz: float) -> float:
@@ -72,16 +73,6 @@ def timing_warning(max_image_age: float, control_hz: float) -> str | None:
                 "frames go stale between actions and the watchdog will stop the robot between commands; "
                 "raise control_hz or max_image_age")
     return None
-
-
-def parse_fault(spec: str) -> tuple[str, int] | None:
-    """'<callback>:<n>' -> (callback, n); '' -> None. Raises ValueError on anything else."""
-    if not spec:
-        return None
-    name, _, n = spec.partition(":")
-    if name not in FAULT_CALLBACKS or not n.isdigit() or int(n) < 1:
-        raise ValueError(f"inject_fault must be '<{'|'.join(FAULT_CALLBACKS)}>:<n >= 1>' or '', not {spec!r}")
-    return name, int(n)
 
 
 def launch_value(name: str, text: str):

@@ -7,6 +7,7 @@ mismatch found on the first frame used to kill the control thread and leave the 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from typing import Any, Protocol
 
@@ -30,16 +31,23 @@ def parse_policy_args(text: str) -> dict[str, Any]:
 
 
 def load_policy(kind: str, checkpoint: str, mode: str, device: str, action_dim: int,
-                policy_args: str = "") -> ActingPolicy:
-    """Build the policy. Scripted and plug-in policies get the profile's action_dim (and policy_args)."""
+                policy_args: str = "", action_space: str = "base_velocity") -> ActingPolicy:
+    """Build the policy. Scripted and plug-in policies get the profile's action_dim (and policy_args), and its
+    action_space when their constructor takes one (plug-ins written before it existed still load)."""
     if kind == "color_seek":
         from qsft_robot.ros.scripted_policy import ColorSeekPolicy
 
-        return ColorSeekPolicy(action_dim=action_dim, **parse_policy_args(policy_args))
-    if ":" in kind:
+        factory = ColorSeekPolicy
+    elif ":" in kind:
         module, _, name = kind.partition(":")
         factory = getattr(importlib.import_module(module), name)
-        return factory(action_dim=action_dim, **parse_policy_args(policy_args))
+    else:
+        factory = None
+    if factory is not None:
+        kwargs = {"action_dim": action_dim, **parse_policy_args(policy_args)}
+        if _accepts(factory, "action_space"):
+            kwargs["action_space"] = action_space
+        return factory(**kwargs)
     if kind != "checkpoint":
         raise ValueError(f"unknown policy kind {kind!r} ({KINDS})")
     if not checkpoint:
@@ -54,9 +62,25 @@ def load_policy(kind: str, checkpoint: str, mode: str, device: str, action_dim: 
     return load_ckpt(checkpoint, mode=mode, device=device)
 
 
+def _accepts(factory, name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 def policy_action_dim(policy: Any) -> int | None:
     """The number of action dims the policy emits, when it says so (None: unknown, checked per action)."""
     dim = getattr(policy, "action_dim", None)
     if dim is None and hasattr(policy, "action_tokenizer"):
         dim = getattr(policy.action_tokenizer, "num_dims", None)
     return None if dim is None else int(dim)
+
+
+def policy_action_names(policy: Any) -> list[str] | None:
+    """The names of the action dims the policy was trained on (a checkpoint's, from the dataset), or None."""
+    names = getattr(policy, "action_names", None)
+    if names is None and hasattr(policy, "action_tokenizer"):
+        names = getattr(policy.action_tokenizer, "names", None)
+    return None if names is None else [str(n) for n in names]

@@ -3,6 +3,7 @@ Launch the Q-SFT policy node with a robot profile's parameters.
 
     ros2 launch qsft_robot policy.launch.py profile:=base checkpoint:=/path/to/run
     ros2 launch qsft_robot policy.launch.py profile:=arm policy:=color_seek     # scripted bring-up
+    ros2 launch qsft_robot policy.launch.py profile:=so100 checkpoint:=/path/to/run  # joint positions
     ros2 launch qsft_robot policy.launch.py --show-args                         # every argument
 
 Every node parameter is a launch argument, generated from the node's own table
@@ -20,14 +21,14 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from qsft_robot_ros.launch_common import end_launch_with
 
-from qsft_robot.ros.params import PARAM_SPECS, launch_value
+from qsft_robot.ros.params import PARAM_SPECS, PROFILES, launch_value
 
 
 def _node(context):
     profile = LaunchConfiguration("profile").perform(context)
     params_file = os.path.join(get_package_share_directory("qsft_robot"), "config", f"{profile}.yaml")
     if not os.path.isfile(params_file):
-        raise RuntimeError(f"profile {profile!r}: no {params_file} (arm | base)")
+        raise RuntimeError(f"profile {profile!r}: no {params_file} ({' | '.join(PROFILES)})")
     overrides = {"robot_profile": profile}
     for name in PARAM_SPECS:
         value = LaunchConfiguration(name).perform(context)
@@ -40,7 +41,7 @@ def _node(context):
 
 def generate_launch_description():
     args = [DeclareLaunchArgument("profile", default_value="base",
-                                  description="robot profile: arm | base (config/<profile>.yaml)")]
+                                  description=f"robot profile: {' | '.join(PROFILES)} (config/<profile>.yaml)")]
     args += [DeclareLaunchArgument(name, default_value="", description=(
         f"{desc} ('' = as in the profile YAML, else the node's default {default!r})"))
         for name, (default, desc) in PARAM_SPECS.items()]

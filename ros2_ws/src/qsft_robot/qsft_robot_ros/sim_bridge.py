@@ -57,6 +57,10 @@ class SimBridge(Node):
         kw = {"image_size": int(p["image_size"]), **({"max_steps": int(p["max_steps"])} if p["max_steps"] else {})}
         self.env = make_task(p["task"], **kw)
         self.profile = RobotProfile.load(resolve_profile(p["robot_profile"]))
+        if self.profile.message not in ("twist", "float64_multi_array") or self.profile.holds_position:
+            raise ValueError(f"the sim applies base velocities (twist) or end-effector deltas "
+                             f"(float64_multi_array), not {self.profile.action_space} as {self.profile.message}: "
+                             "use config/sim/<base|arm>.yaml")
         self.episode = 0
         self.results: list[dict] = []
         self.obs, _ = self.env.reset(seed=int(p["seed"]))
@@ -75,7 +79,7 @@ class SimBridge(Node):
         self.status_pub = self.create_publisher(String, p["status_topic"], 10)
         self.instr_pub = self.create_publisher(String, p["instruction_topic"], 10)
         self.state_pub = self.create_publisher(JointState, p["state_topic"], 10) if p["state_topic"] else None
-        msg_type = Twist if self.profile.kind == "base" else Float64MultiArray
+        msg_type = Twist if self.profile.message == "twist" else Float64MultiArray
         self.create_subscription(msg_type, p["command_topic"], self.on_command, 50)
         self.create_subscription(String, p["command_source_topic"], self.on_source, 50)
         if not p["lockstep"]:
