@@ -1,5 +1,5 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
-(frozen, cached pi_beta), measured in one run; ratios against the default's SFT step, and the earlier
+(frozen, cached pi_beta; per-token Bellman, n-step and return-to-go targets), measured in one run; ratios against the default's SFT step, and the earlier
 default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache, 3 x 192 language model) as a
 baseline row, and the default's earlier forms: its 2 x 128 language model, and the stride-16 4 x 4 map at
 64 px (16 image tokens, no position code) with the previous 2 x 128 and the first 3 x 192 language models.
@@ -42,7 +42,11 @@ def main():
                 "sft, stride-16 map, 3 x 192 language model (the tower's first default)": [
                     "algo.name=sft", *STRIDE16, "model.text_hidden=192", "model.text_layers=3"],
                 "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
-                "qsft frozen+cached": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"],
+                "qsft frozen+cached, bellman per token (theta_bar over P_t and P_t+1)": [
+                    "algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0"],
+                "qsft frozen+cached, n_step EMaQ (theta_bar over P_t+n only)": [
+                    "algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0", "algo.target=n_step",
+                    "algo.next_value=emaq"],
                 "qsft frozen+cached, return_to_go": ["algo.name=qsft", "algo.behavior=frozen", "algo.behavior_steps=0",
                                                      "algo.target=return_to_go"]}
     times = {}

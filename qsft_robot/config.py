@@ -65,9 +65,14 @@ class AlgoConfig:
     gamma: float = 0.95
     polyak_alpha: float = 0.005
     support_eps: float = 1e-4
-    next_value: Literal["max", "expectation", "expectile"] = "max"  # docs/design.md §2.4; algo/qsft.py
+    next_value: Literal["max", "expectation", "expectile", "emaq"] = "max"  # docs/design.md §2.4; algo/qsft.py
     expectile: float = 0.9          # tau of next_value=expectile (0.5: expectation, -> 1: max over the support)
-    target: Literal["bellman", "return_to_go"] = "bellman"  # return_to_go: w = logged return G_t
+    emaq_samples: int = 4           # N of next_value=emaq: E[max of Q over N draws from pi_beta] (1: expectation)
+    # bellman: one backup per action token (the paper's chain, theta_bar over P_t and P_t+1); return_to_go: w =
+    # logged return G_t; n_step: every token of step t shares w = sum_k<n gamma^k r_t+k + gamma^n V(s_t+n) over
+    # the logged steps, V from theta_bar at s_t+n's prompt only (data/n_step.py says why)
+    target: Literal["bellman", "return_to_go", "n_step"] = "bellman"
+    n_step: int = 5                 # env steps of logged rewards before the bootstrap (target=n_step)
     mc_lower_bound: bool = False    # w = max(Bellman target, logged discounted return-to-go); see algo/qsft.py
     leftover: Literal["dummy", "uniform"] = "dummy"  # docs/design.md §2.5: why dummy is the default
     behavior: Literal["joint", "frozen"] = "joint"  # frozen: train pi_beta first, then freeze
@@ -263,6 +268,8 @@ def validate(cfg: RunConfig) -> None:
         ("algo.gamma", 0.0 <= cfg.algo.gamma <= 1.0),
         ("algo.polyak_alpha", 0.0 < cfg.algo.polyak_alpha <= 1.0),
         ("algo.num_bins", cfg.algo.num_bins >= 2),
+        ("algo.n_step", cfg.algo.n_step >= 1),
+        ("algo.emaq_samples", cfg.algo.emaq_samples >= 1),
         ("algo.label_sigma", cfg.algo.label_sigma >= 0),
         ("train.batch_size", cfg.train.batch_size >= 1),
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),

@@ -229,3 +229,62 @@ def q_expectile(mdp: TokenMDP, tau: float, iters: int = 400) -> np.ndarray:
     out[:S] = q1
     out[S:] = q2.reshape(S * B, B)
     return out
+
+
+def sample_steps(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 200) -> dict[str, np.ndarray]:
+    """Env-step transitions of whole episodes from the behaviour policy, in the trainer's layout: per step
+    the state, both tokens, the reward after it, whether it ended the episode, the next step's row (the
+    last row of an episode points at itself). The horizon is long enough that no episode is cut
+    (asserted): the n-step fixed point below assumes every episode ends by success or failure."""
+    rng = np.random.default_rng(seed)
+    S, B = mdp.num_states, mdp.num_bins
+    cont = mdp.continue_probs()
+    s_, b1_, b2_, r_, done_, nxt_ = [], [], [], [], [], []
+    for _ in range(episodes):
+        s = rng.choice(S, p=mdp.start)
+        for _t in range(horizon):
+            b1 = rng.choice(B, p=mdp.pi1[s])
+            b2 = rng.choice(B, p=mdp.pi2[s, b1])
+            probs = np.concatenate([[mdp.p_success[s, b1, b2], mdp.p_fail[s, b1, b2]], cont[s, b1, b2]])
+            o = rng.choice(S + 2, p=probs / probs.sum())
+            s_.append(s), b1_.append(b1), b2_.append(b2), r_.append(float(o == 0)), done_.append(o < 2)
+            nxt_.append(len(s_) - 1 if o < 2 else len(s_))
+            if o < 2:
+                break
+            s = o - 2
+        assert done_[-1], "an episode reached the horizon: raise it"
+    return {"state": np.array(s_), "b1": np.array(b1_), "b2": np.array(b2_), "reward": np.array(r_),
+            "done": np.array(done_), "next_index": np.array(nxt_)}
+
+
+def expected_max_by_enumeration(values: np.ndarray, weights: np.ndarray, samples: int) -> float:
+    """E[max of `samples` i.i.d. draws] by summing over every tuple of draws (small B and N only)."""
+    import itertools
+
+    p = weights / weights.sum()
+    return float(sum(np.prod(p[list(t)]) * values[list(t)].max()
+                     for t in itertools.product(range(len(values)), repeat=samples)))
+
+
+def q_n_step_emaq(mdp: TokenMDP, n: int, samples: int, eps: float = 1e-4, iters: int = 300) -> np.ndarray:
+    """Token-level fixed point of target=n_step, next_value=emaq: both tokens of a step share the target
+    w = sum_{k<n} gamma^k r_k + gamma^n V(s_n) along the behaviour's n-step continuation, V(s) = E[max of
+    Q1(s, b) over `samples` draws b ~ pi1(s) on its support]; Q2(s, b1, b2) = E[w | s, b1, b2] and
+    Q1(s, b1) = E_{pi2}[Q2]."""
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    pi = mdp.behaviour_table()
+    joint = pi[:S, :, None] * pi[S:].reshape(S, B, B)                     # pi(b1, b2 | s)
+    support = (mdp.pi1 > eps) | (mdp.pi1 >= mdp.pi1.max(-1, keepdims=True))
+    q1 = np.zeros((S, B))
+    for _ in range(iters):
+        m = np.array([expected_max_by_enumeration(q1[s][support[s]], mdp.pi1[s][support[s]], samples)
+                      for s in range(S)])                                  # M_0 = V
+        for _k in range(n - 1):                                            # M_k: k behaviour steps, then V
+            m = (joint * (mdp.p_success + g * (cont @ m))).sum((1, 2))
+        q2 = mdp.p_success + g * (cont @ m)                                # (S, B, B)
+        q1 = (pi[S:].reshape(S, B, B) * q2).sum(-1)
+    out = np.zeros((mdp.num_token_states, B))
+    out[:S] = q1
+    out[S:] = q2.reshape(S * B, B)
+    return out

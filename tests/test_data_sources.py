@@ -95,3 +95,24 @@ def test_a_format_flag_is_checked_against_the_data(tmp_path):
         detect_format(tmp_path / "d.hdf5", "lerobot")
     with pytest.raises(DatasetError, match="'parquet' is not one of auto, lerobot, robomimic, aloha, hdf5"):
         detect_format(tmp_path / "d.hdf5", "parquet")
+
+
+def test_a_checkpoint_records_the_datasets_action_names(tmp_path):
+    """LeRobot's features.action.names reach the checkpoint (action_tokenizer.json), where the ROS node
+    compares them with a robot profile's joints; a dataset without names records none."""
+    from qsft_robot.data.action_tokenizer import ActionTokenizer
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
+
+    rng = np.random.default_rng(0)
+    eps = [Episode(images={"top": rng.integers(0, 255, (T, 32, 32, 3), dtype=np.uint8)},
+                   actions=rng.normal(size=(T, 2)).astype(np.float32), instruction="go", success=True,
+                   terminated=True) for T in (4, 5)]
+    write_lerobot_v30(eps, tmp_path / "named", fps=10)
+    build_v21(tmp_path / "unnamed")
+    for data, want in (("named", ["a0", "a1"]), ("unnamed", None)):
+        out = tmp_path / f"run_{data}"
+        assert main(["train", f"data.path={tmp_path / data}", "--out", str(out), "--algo", "sft", "--set",
+                     "train.steps=1", "--set", "train.batch_size=4", "--set", "algo.num_bins=8", "--set",
+                     "train.tensorboard=false", "--set", "data.reward=all_success"]) == 0
+        tok = ActionTokenizer.load(out / "checkpoints" / "step-00000001" / "action_tokenizer.json")
+        assert tok.names == want

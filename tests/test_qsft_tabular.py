@@ -165,3 +165,62 @@ def test_in_sample_backups_reach_their_exact_fixed_points(variant):
     if variant == "expectile":
         qb, qe = q_behaviour(mdp)[rows], q[rows]
         assert (qe >= qb - 1e-9).all() and (qe > qb + 0.02).any()
+
+
+def train_tables_n_step(mdp, steps_data, n, samples, train_steps=800, lr=0.1, alpha=0.05):
+    """target=n_step: the trainer's per-step targets (data/n_step.py windows over whole episodes, V from
+    the target table's first-token row), shared by both tokens of a step, through the library functions."""
+    from qsft_robot.data.n_step import n_step_windows
+
+    torch.manual_seed(0)
+    S, B = mdp.num_states, mdp.num_bins
+    theta = torch.nn.Embedding(mdp.num_token_states, B + 1)
+    phi = torch.nn.Embedding(mdp.num_token_states, B)
+    torch.nn.init.zeros_(theta.weight)
+    torch.nn.init.zeros_(phi.weight)
+    target = torch.nn.Embedding(mdp.num_token_states, B + 1)
+    target.load_state_dict(theta.state_dict())
+    opt = torch.optim.Adam(list(theta.parameters()) + list(phi.parameters()), lr=lr)
+    boot, reward, discount, valid = (torch.as_tensor(x) for x in n_step_windows(
+        steps_data["reward"], steps_data["done"], steps_data["next_index"], n, mdp.gamma))
+    assert bool(valid.all())   # whole episodes only: every step has a target
+    s, b1, b2 = (torch.as_tensor(steps_data[k]) for k in ("state", "b1", "b2"))
+    rows = torch.stack([s, S + s * B + b1], 1).reshape(-1)            # token states of each step, row-major
+    actions = torch.stack([b1, b2], 1).reshape(-1)
+    s_boot = s[boot]
+    for _ in range(train_steps):
+        w = bellman_targets(target(s_boot), phi(s_boot), reward, discount, next_value="emaq", samples=samples)
+        loss = (qsft_loss(theta(rows), actions, w.repeat_interleave(2), "dummy")
+                + behavior_loss(phi(rows), actions))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        polyak_update(target, theta, alpha=alpha)
+    with torch.no_grad():
+        return theta.weight.softmax(-1).numpy()[:, :B], rows.numpy()
+
+
+@pytest.mark.parametrize("n,samples", [(1, 1), (3, 4)])
+def test_n_step_emaq_targets_reach_their_exact_fixed_point(n, samples, report):
+    """target=n_step with next_value=emaq reaches p = pi_beta * Q_{n,N}, Q_{n,N} from exact DP (tabular_mdp,
+    enumeration of the N draws, no library code). N = 1 is the logged policy's own Q; N = 4 lies strictly
+    above it and below Q*, so acting on it improves on pi_beta without the max's saturation."""
+    from tabular_mdp import q_n_step_emaq, sample_steps
+
+    mdp = random_mdp(seed=MDP_SEED, behaviour="random")
+    data = sample_steps(mdp, EPISODES, seed=1)
+    p, rows = train_tables_n_step(mdp, data, n, samples)
+    q = q_n_step_emaq(mdp, n, samples)
+    want = mdp.behaviour_table() * q
+    often = np.nonzero(np.bincount(rows, minlength=mdp.num_token_states) >= 300)[0]
+    assert len(often) >= mdp.num_states
+    err = np.abs(p[often] - want[often]).max()
+    report(f"tabular[n_step n={n}, emaq N={samples}] max |p_learned - p*| over {len(often)} token states = {err:.4f}")
+    assert err <= 0.05
+    qb = q_behaviour(mdp)
+    if samples == 1:
+        np.testing.assert_allclose(q, qb, atol=1e-9)   # one draw: the expectation, for any n
+    else:
+        assert (q[often] >= qb[often] - 1e-9).all() and (q[often] > qb[often] + 0.01).any()
+        assert (q <= q_star(mdp) + 1e-9).all()
+        assert expected_return(mdp, greedy(p)) > expected_return(mdp, greedy(mdp.behaviour_table())) + 0.01

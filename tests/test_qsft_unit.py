@@ -160,3 +160,86 @@ def test_smoothed_behavior_loss_is_minimised_by_the_smoothed_labels_and_zero_sig
     target = smoothed_labels(actions, 16, 2.0, bins)
     assert torch.allclose(logits.softmax(-1), target, atol=2e-3)
     assert logits.softmax(-1)[0].argmax() == 3  # the smoothed model's mode is still the data bin
+
+
+def test_expected_max_equals_enumeration_and_spans_mean_to_max():
+    """E[max over N draws] by the sorted-CDF formula equals summing over every N-tuple of draws; N = 1 is
+    the weighted mean, large N the max over bins with weight, and a bin with no weight never counts."""
+    import itertools
+
+    from qsft_robot.algo.qsft import expected_max
+    values = torch.tensor([[0.3, 0.9, 0.1, 0.5], [0.2, 0.2, 0.7, 0.4]])
+    weights = torch.tensor([[0.4, 0.1, 0.3, 0.2], [0.5, 0.25, 0.0, 0.25]])
+    for n in (1, 2, 3):
+        for row in range(2):
+            p = (weights[row] / weights[row].sum()).tolist()
+            want = sum(math.prod(p[i] for i in t) * max(values[row, i].item() for i in t)
+                       for t in itertools.product(range(4), repeat=n))
+            assert expected_max(values, weights, n)[row].item() == pytest.approx(want, rel=1e-5)
+    assert torch.allclose(expected_max(values, weights, 1), (values * weights).sum(-1) / weights.sum(-1))
+    assert expected_max(values, weights, 500).tolist() == pytest.approx([0.9, 0.4], abs=1e-3)  # 0.7 has no weight
+
+
+def test_emaq_value_damps_a_rare_bins_noisy_ratio():
+    """A bin pi_beta proposes 1% of the time with a ratio of 5 (estimation noise): the max takes it, while
+    EMaQ's value moves from the expectation by at most N * pi * ratio."""
+    pi = torch.tensor([[0.49, 0.5, 0.01]])
+    p = torch.tensor([[0.49 * 0.4, 0.5 * 0.4, 0.01 * 5.0]])
+    q = torch.cat([p, 1 - p.sum(-1, keepdim=True)], dim=1).log()
+    args = (q, pi.log(), torch.zeros(1), torch.ones(1))
+    assert bellman_targets(*args, next_value="max").item() == pytest.approx(1.0)   # clipped from 5
+    mean = bellman_targets(*args, next_value="expectation").item()
+    emaq = bellman_targets(*args, next_value="emaq", samples=4).item()
+    assert mean == pytest.approx(0.99 * 0.4 + 0.05, rel=1e-4)
+    assert mean < emaq <= mean + 4 * 0.01 * 5.0 and emaq < 0.7
+    assert bellman_targets(*args, next_value="emaq", samples=1).item() == pytest.approx(mean, rel=1e-5)
+
+
+def test_n_step_windows_stop_at_terminations_and_at_the_end_of_a_cut_log():
+    """Two episodes: [0..3] ends in a success (terminal, reward 1 on its last step), [4..6] is cut short
+    (its last row points at itself). n = 1 gives the one-step transitions; longer windows sum the logged
+    rewards, never cross into the next episode and stop at the termination. The cut log's last action
+    has no target (no next state was logged): it is not valid, and the windows before it bootstrap at
+    its frame without taking its action."""
+    import numpy as np
+
+    from qsft_robot.data.n_step import n_step_windows
+    reward = np.array([0, 0, 0, 1, 0, 0, 0], np.float32)
+    done = np.array([0, 0, 0, 1, 0, 0, 0], bool)
+    nxt = np.array([1, 2, 3, 3, 5, 6, 6])
+    g = 0.5
+    boot, ret, disc, valid = n_step_windows(reward, done, nxt, 1, g)
+    assert valid.tolist() == [True] * 6 + [False]
+    assert boot[:6].tolist() == nxt[:6].tolist() and ret.tolist() == reward.tolist()
+    assert disc[:6].tolist() == [g, g, g, 0, g, g]
+    boot, ret, disc, valid = n_step_windows(reward, done, nxt, 3, g)
+    assert valid.tolist() == [True] * 6 + [False]
+    assert boot[:6].tolist() == [3, 3, 3, 3, 6, 6]
+    assert ret.tolist() == pytest.approx([0, g ** 2, g, 1, 0, 0, 0])
+    assert disc[:6].tolist() == pytest.approx([g ** 3, 0, 0, 0, g ** 2, g])   # 4: rows 4, 5, then row 6's state
+    with pytest.raises(ValueError, match="n >= 1"):
+        n_step_windows(reward, done, nxt, 0, g)
+
+
+def test_smoothed_theta_labels_keep_the_ratio_equal_to_the_target_at_every_bin():
+    """One context, one logged bin, target w = 0.3, pi_beta trained on smoothed labels (sigma 2): theta
+    trained with the same sigma ends at p_theta = 0.3 * pi_beta on every bin, so the ratio reads w; a
+    one-hot theta puts the whole 0.3 on the logged bin, where the ratio then reads 0.3 / pi_beta(b) > 1."""
+    actions, bins = torch.tensor([5]), torch.tensor([12])
+    w = torch.tensor([0.3])
+
+    def fit(loss_fn, width):
+        logits = torch.zeros(1, width, requires_grad=True)
+        opt = torch.optim.Adam([logits], lr=0.05)
+        for _ in range(1500):
+            opt.zero_grad()
+            loss_fn(logits).backward()
+            opt.step()
+        return logits.detach().softmax(-1)
+
+    pi = fit(lambda lg: behavior_loss(lg, actions, 2.0, bins), 12)
+    smooth = fit(lambda lg: qsft_loss(lg, actions, w, "dummy", 2.0, bins), 13)
+    one_hot = fit(lambda lg: qsft_loss(lg, actions, w, "dummy"), 13)
+    near = pi[0] > 0.02
+    assert torch.allclose((smooth[0, :12] / pi[0])[near], torch.full((int(near.sum()),), 0.3), atol=0.01)
+    assert (one_hot[0, 5] / pi[0, 5]).item() > 1.0

@@ -53,9 +53,36 @@ def batch_loss(ctx: LossContext, idx: np.ndarray, images=None, next_images=None)
     q_logits = ad.action_logits(ctx.views.theta, cur, D, with_dummy=True)
     if ctx.algo.target == "return_to_go":  # Monte-Carlo targets: no target network, no bootstrap
         w = torch.as_tensor(d.mc_return[idx]).float().clamp(0.0, 1.0).repeat_interleave(D)
+    elif ctx.algo.target == "n_step":
+        w = _n_step_weights(ctx, idx, next_images)
     else:
         w = _bellman_weights(ctx, idx, images, instr, state, cur, beh_logits, next_images)
-    return _q_loss(ctx, q_logits, tokens, w, bc, stats)
+    if ctx.algo.mc_lower_bound:
+        w = mc_lower_bound(w, torch.as_tensor(d.mc_return[idx]))
+    q_logits, tokens = q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1)
+    rewarded = torch.as_tensor(np.repeat(d.reward[idx] >= 0.999, D))  # a logged success: w = 1 by right
+    if d.boot_valid is not None:   # a cut log's last action has no n-step target (data/n_step.py)
+        keep = torch.as_tensor(np.repeat(d.boot_valid[idx], D))
+        q_logits, tokens, bins, w, rewarded = (x[keep] for x in (q_logits, tokens, bins, w, rewarded))
+    return _q_loss(ctx, q_logits, tokens, w, bins, bc, stats, rewarded)
+
+
+def _n_step_weights(ctx: LossContext, idx, boot_images) -> torch.Tensor:
+    """One target per env step, shared by its D tokens (data/n_step.py): the logged rewards of the window
+    plus the discounted value of its bootstrap state, V from theta_bar at that state's prompt alone (one
+    forward over N prompts) and pi_beta there (cached when frozen). Flattened (N*D,), no gradient."""
+    ad, d, nets = ctx.adapter, ctx.data, ctx.nets
+    boot = d.boot_index[idx]
+    b_images, b_instr, b_state = d.inputs(boot, boot_images)
+    with torch.no_grad():
+        prompts = ad.encode(b_images, b_instr, b_state, None)
+        q_boot = ad.action_logits(nets.theta_bar, prompts, 1, with_dummy=True)[:, 0]
+        beh_boot = (ctx.pi_cache[boot, 0].float() if ctx.pi_cache is not None
+                    else ad.action_logits(nets.pi_beta, prompts, 1, with_dummy=False)[:, 0])
+    a = ctx.algo
+    w = bellman_targets(q_boot, beh_boot, torch.as_tensor(d.boot_reward[idx]), torch.as_tensor(d.boot_discount[idx]),
+                        a.support_eps, a.next_value, a.expectile, a.emaq_samples)
+    return w.repeat_interleave(ad.num_dims)
 
 
 def _bellman_weights(ctx: LossContext, idx, images, instr, state, cur, beh_logits, next_images) -> torch.Tensor:
@@ -79,17 +106,19 @@ def _bellman_weights(ctx: LossContext, idx, images, instr, state, cur, beh_logit
     # next token state of dim i < D is (prompt, b^1..b^i): position i+1 of the same sequence
     next_q = torch.cat([tq_cur[:, 1:], tq_next[:, None]], dim=1)
     next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
-    w = bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
-                        r.reshape(-1), disc.reshape(-1), ctx.algo.support_eps, ctx.algo.next_value,
-                        ctx.algo.expectile)
-    if ctx.algo.mc_lower_bound:
-        w = mc_lower_bound(w, torch.as_tensor(d.mc_return[idx]))
-    return w
+    a = ctx.algo
+    return bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
+                           r.reshape(-1), disc.reshape(-1), a.support_eps, a.next_value, a.expectile, a.emaq_samples)
 
 
-def _q_loss(ctx: LossContext, q_logits, tokens, w, bc, stats) -> tuple[torch.Tensor, dict]:
-    ql = qsft_loss(q_logits.reshape(-1, q_logits.shape[-1]), tokens.reshape(-1), w, ctx.algo.leftover)
+def _q_loss(ctx: LossContext, q_logits, tokens, w, bins, bc, stats, rewarded) -> tuple[torch.Tensor, dict]:
+    """The Q-SFT loss and its statistics. frac_saturated counts the targets >= 0.999 that no logged
+    success explains (`rewarded`: the token's step earned the success reward): the backup's own
+    saturation, which short successful logs would otherwise hide among their reward steps."""
+    if len(w) == 0:  # every row of a (tiny) batch was a cut log's last action: nothing to fit this step
+        return (bc if ctx.pi_cache is None else q_logits.sum() * 0.0), {**stats, "q_loss": 0.0}
+    ql = qsft_loss(q_logits, tokens, w, ctx.algo.leftover, ctx.algo.label_sigma, bins)
     loss = ql if ctx.pi_cache is not None else ql + bc
     p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
     return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item(),
-                  "frac_saturated": (w >= 0.999).float().mean().item()}
+                  "frac_saturated": ((w >= 0.999) & ~rewarded).float().mean().item()}

@@ -51,7 +51,7 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         idx = batch_indices(self.seed, self.start + k, len(self.data), self.batch_size, self.probs)
-        return idx, self.data.images[idx], self.data.images[self.data.next_index[idx]]
+        return idx, self.data.images[idx], self.data.images[self.data.bootstrap_index[idx]]
 
 
 def prefetcher(data: Transitions, seed: int, batch_size: int, start: int, end: int, probs, num_workers: int):

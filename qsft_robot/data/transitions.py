@@ -33,9 +33,24 @@ class Transitions:
     episode: np.ndarray       # (N,) int64
     reward_rule: str = "success"
     mc_return: np.ndarray | None = None  # (N,) float32: discounted return-to-go of the logged episode
+    # n-step targets (data/n_step.py, set by use_n_step): where each transition bootstraps, and with what
+    boot_index: np.ndarray | None = None
+    boot_reward: np.ndarray | None = None
+    boot_discount: np.ndarray | None = None
+    boot_valid: np.ndarray | None = None   # false: the last action of a log cut short (no target)
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def bootstrap_index(self) -> np.ndarray:
+        """The state each transition's target reads: n steps on with n-step targets, else the next one."""
+        return self.next_index if self.boot_index is None else self.boot_index
+
+    def use_n_step(self, n: int, gamma: float) -> None:
+        from qsft_robot.data.n_step import n_step_windows
+        self.boot_index, self.boot_reward, self.boot_discount, self.boot_valid = n_step_windows(
+            self.reward, self.done, self.next_index, n, gamma)
 
     def inputs(self, idx: np.ndarray, images=None) -> tuple:
         """(images, instructions, states) of transitions idx: what the model's prompt is built from.

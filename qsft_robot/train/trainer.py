@@ -25,7 +25,7 @@ from qsft_robot.algo.qsft import polyak_update
 from qsft_robot.checkpoint import latest_valid_checkpoint, save_checkpoint
 from qsft_robot.config import ConfigError, RunConfig, to_dict
 from qsft_robot.data.action_tokenizer import ActionTokenizer
-from qsft_robot.data.episode import DatasetError, Episode
+from qsft_robot.data.episode import DatasetError, Episode, common_action_names
 from qsft_robot.data.sampling import batch_indices, prefetcher, sampling_probs
 from qsft_robot.data.sources import load_training_data
 from qsft_robot.data.transitions import Transitions, build_transitions
@@ -88,6 +88,8 @@ class Trainer:
         self.data: Transitions = build_transitions(episodes, self.tokenizer, cfg.algo.gamma, cfg.data.reward,
                                                    cfg.data.cameras or None, images=store,
                                                    end_is_terminal=cfg.data.end_is_terminal)
+        if cfg.algo.name == "qsft" and cfg.algo.target == "n_step":
+            self.data.use_n_step(cfg.algo.n_step, cfg.algo.gamma)
         self.sample_probs = sampling_probs(self.data.episode, cfg.train.sampling)
         self._build_networks(episodes, found)                            # 3. networks
         self.optimizer = torch.optim.AdamW([p for m in {id(m): m for m in self.nets.trained().values()}.values()
@@ -120,7 +122,8 @@ class Trainer:
         Returns the checkpoint to resume from, (folder, state) or None."""
         cfg = self.cfg
         self.tokenizer = ActionTokenizer.fit(np.concatenate([e.actions for e in episodes]), cfg.algo.num_bins,
-                                             {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()})
+                                             {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()},
+                                             names=common_action_names(episodes))
         if cfg.algo.behavior_init:
             self.tokenizer = behavior_init_tokenizer(cfg, self.tokenizer)
         found = latest_valid_checkpoint(self.run_dir)
