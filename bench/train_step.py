@@ -1,8 +1,9 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
-(frozen, cached pi_beta; per-token Bellman, n-step and return-to-go targets), measured in one run; ratios against the default's SFT step, and the earlier
-default (`tiny_scratch`: CLIP-style tower trained from scratch, no feature cache, 3 x 192 language model) as a
-baseline row, and the default's earlier forms: its 2 x 128 language model, and the stride-16 4 x 4 map at
-64 px (16 image tokens, no position code) with the previous 2 x 128 and the first 3 x 192 language models.
+(frozen, cached pi_beta; per-token Bellman, n-step and return-to-go targets), measured in one run; ratios
+against the default's SFT step, and the earlier default (`tiny_scratch`: CLIP-style tower trained from
+scratch, no feature cache, 3 x 192 language model) as a baseline row, and the default's earlier forms: its
+2 x 128 language model, and the stride-16 4 x 4 map at 64 px (16 image tokens, no position code) with the
+previous 2 x 128 and the first 3 x 192 language models.
 The language model is ~90% of a step once the tower's features are cached and its matrix products are
 most of that, so a step's cost follows (image + prompt tokens) x width^2.
 

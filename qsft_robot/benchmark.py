@@ -1,12 +1,12 @@
 """Offline-RL benchmark: BC vs filtered BC vs Q-SFT on the same mixed-quality sim data, same model.
 
-Per task: collect one dataset (scripted operators, ~40% successful episodes), then for every
-training seed train BC ("sft") and filtered BC on it, and Q-SFT with pi_beta = that seed's BC model
-(frozen, docs/design.md §2.3's frozen variant; theta and theta_bar start from it), and evaluate every policy in
-closed loop on the same held-out episode seeds. With `multitask`, the three methods train once per seed
-on the union of the tasks' datasets (one policy; the instruction tells the tasks apart) and are evaluated
-on each task. Output: a markdown table (mean success over seeds, per-seed numbers, Wilson 95% interval
-over all pooled episodes, task averages), a PNG chart and a JSON file.
+Per task: collect one dataset (scripted operators of a quality preset), then for every training seed
+train BC ("sft") and filtered BC on it, and one Q-SFT run per recipe (Q_RECIPES) with pi_beta = that
+seed's BC model (frozen, docs/design.md §2.3's frozen variant; theta and theta_bar start from it), and
+evaluate every policy in closed loop on the same held-out episode seeds. With `multitask`, the methods
+train once per seed on the union of the tasks' datasets (one policy; the instruction tells the tasks
+apart) and are evaluated on each task. Output: a markdown table (mean success over seeds, per-seed
+numbers, Wilson 95% interval over all pooled episodes, task averages), a PNG chart and a JSON file.
 """
 from __future__ import annotations
 
@@ -18,26 +18,33 @@ from pathlib import Path
 
 import numpy as np
 
-from qsft_robot.config import ALGORITHMS
-
 logger = logging.getLogger(__name__)
-METHODS = tuple(sorted(ALGORITHMS, key=lambda a: a == "qsft"))  # in training order: Q-SFT needs the BC run
-# Q-SFT settings chosen on held-out eval seeds (5000+) of base_goto_red with seed 0's BC model (README,
-# Results: the backup ablation). Return-to-go targets: calibrated values that separate successful from
-# failed episodes' actions (train/value_probe.py), where the paper's max-of-ratios backup saturates at 1
-# return-to-go targets never look outside the logged bins, so acting keeps the support threshold of docs/design.md §2.4
-# (1e-4): a 5% one cut off the better mode's bins where pi_beta is flat (README: Algorithm notes).
-# Episode-weighted batches: failures run the whole time limit, so uniform frames are mostly failures
-# (arm_reach_red held-out: 0.00 -> 0.64; data/sampling.py sampling_probs)
-# 1000 Q-SFT steps, not 500: held-out (5000-5049) per BC seed, base 0.94/0.70/0.92 -> 0.92/1.00/0.98,
-# arm seed 2 0.26 -> 0.62; 500 steps had not yet moved p_theta off pi_beta's wrong mode on some seeds
-# gamma 0.9 suits this project's tasks (successes in ~15-40 steps). It is a horizon: the arm's stitch data
-# (detours in the successes) does better at 0.8 (README, Results), and Meta-World's ~70-step successes need
-# it closer to 1 (0.9^75 = 4e-4 leaves every first action worth ~0: README, Meta-World). Pass --q-set.
-TUNED_Q = ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9", "train.sampling=episode"]
-LABELS = {"sft": "BC", "filtered_bc": "filtered BC", "qsft": "Q-SFT"}
+BC_METHODS = ("sft", "filtered_bc")
+# Q-SFT recipes, each trained on top of a seed's BC model (pi_beta = that model, frozen; theta and theta_bar start
+# from it), chosen on held-out eval seeds (5000+) only (docs/results.md: how each setting was chosen).
+# - return_to_go: w = the logged discounted return (the logged policy's own value: calibrated, but it cannot join
+#   pieces of episodes); failed ends terminal.
+# - n_step: every token of a step shares w = n logged rewards + gamma^n V(s_t+n), V the expected max of Q over N
+#   draws from pi_beta (EMaQ) at s_t+n's prompt: a Bellman backup that carries value across episodes; cut logs
+#   bootstrap (data.end_is_terminal stays false).
+# Both: episode-weighted batches (failures run the whole time limit, so uniform frames are mostly failures) and
+# acting on every bin pi_beta gives > 1e-4 (a 5% cut drops the better mode where pi_beta is flat).
+Q_RECIPES = {
+    "n_step": ["algo.target=n_step", "algo.n_step=5", "algo.next_value=expectation", "algo.polyak_alpha=0.05",
+               "algo.gamma=0.9", "train.sampling=episode"],
+    "return_to_go": ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9",
+                     "train.sampling=episode"],
+}
+Q_LABELS = {"n_step": "Q-SFT (n-step EMaQ)", "return_to_go": "Q-SFT (return-to-go)"}
+LABELS = {"sft": "BC", "filtered_bc": "filtered BC", **{f"qsft_{k}": v for k, v in Q_LABELS.items()}}
 # every method's training settings (compact model, CPU budget); spec.overrides come after these
 BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", "algo.label_sigma=4"]
+
+
+def methods(spec: "BenchSpec | dict") -> tuple[str, ...]:
+    """The benchmark's methods in training order: the BC baselines, then one Q-SFT run per recipe."""
+    recipes = spec["q_recipes"] if isinstance(spec, dict) else spec.q_recipes
+    return BC_METHODS + tuple(f"qsft_{r}" for r in recipes)
 
 
 @dataclass
@@ -51,7 +58,8 @@ class BenchSpec:
     eval_episodes: int = 50
     eval_seed: int = 1000           # held-out: data uses seeds from 0, tuning used 5000+
     overrides: list = field(default_factory=list)    # applied to every run, e.g. algo.num_bins=32
-    q_overrides: list = field(default_factory=lambda: list(TUNED_Q))  # Q-SFT only
+    q_recipes: list = field(default_factory=lambda: list(Q_RECIPES))  # Q-SFT runs per seed (Q_RECIPES)
+    q_overrides: list = field(default_factory=list)  # every Q-SFT run, after its recipe's settings
     config: str = ""                # YAML config every run starts from ("": the defaults)
     multitask: bool = False         # one policy per method and seed over all tasks' data, evaluated per task
     workers: int = 1                # collection processes, and seed runs at once (rendering is most of a
@@ -117,10 +125,11 @@ def _train_methods(spec: BenchSpec, data: Path, run: Path, seed: int) -> dict[st
     """BC, filtered BC and Q-SFT (pi_beta = this seed's BC model) on `data`: {method: (checkpoint, seconds)}."""
     base_sets = [*BASE_SETS, *spec.overrides]
     done = {}
-    for m in METHODS:
-        steps = spec.q_steps if m == "qsft" else spec.bc_steps
-        sets = [*base_sets, f"algo.behavior_init={done['sft'][0]}", *spec.q_overrides] if m == "qsft" else base_sets
-        done[m] = _train(data, run / m, m, steps, seed, sets, spec.config)
+    for m in BC_METHODS:
+        done[m] = _train(data, run / m, m, spec.bc_steps, seed, base_sets, spec.config)
+    for recipe in spec.q_recipes:
+        sets = [*base_sets, f"algo.behavior_init={done['sft'][0]}", *Q_RECIPES[recipe], *spec.q_overrides]
+        done[f"qsft_{recipe}"] = _train(data, run / f"qsft_{recipe}", "qsft", spec.q_steps, seed, sets, spec.config)
     return done
 
 
@@ -186,7 +195,7 @@ def _rows(runs: dict) -> dict:
     from qsft_robot.sim.evaluate import wilson_interval
 
     rows = {}
-    for m in METHODS:
+    for m in runs:
         k = sum(round(r["success"] * r["n"]) for r in runs[m])
         n = sum(r["n"] for r in runs[m])
         rows[m] = {"mean": float(np.mean([r["success"] for r in runs[m]])),
@@ -224,7 +233,10 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     results: dict = {"spec": asdict(spec), "tasks": {}}
-    for name, values in (("tasks", spec.tasks), ("seeds", spec.seeds)):
+    unknown = [r for r in spec.q_recipes if r not in Q_RECIPES]
+    if unknown:
+        raise ValueError(f"unknown Q-SFT recipe(s) {unknown}; choose from {sorted(Q_RECIPES)}")
+    for name, values in (("tasks", spec.tasks), ("seeds", spec.seeds), ("q-recipes", spec.q_recipes)):
         if len(set(values)) != len(values):  # two jobs would train into one run folder
             raise ValueError(f"--{name} lists a value twice: {values}")
     if spec.multitask:
@@ -244,7 +256,8 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
         for task in sorted(left):  # a task's results are written once all its seeds are in
             per_seed = [r[task] for r in done if task in r]
             if len(per_seed) == len(spec.seeds):
-                _task_result(results, root, task, datasets[task][1], {m: [r[m] for r in per_seed] for m in METHODS})
+                _task_result(results, root, task, datasets[task][1],
+                             {m: [r[m] for r in per_seed] for m in methods(spec)})
                 left.discard(task)
     results["tasks"] = {task: results["tasks"][task] for task in spec.tasks}
     results["wall_s"] = time.perf_counter() - t0
@@ -259,20 +272,21 @@ def format_markdown(results: dict) -> str:
     spec = results["spec"]
     lines = [f"Data: {spec['episodes']} episodes per task, quality '{spec['quality']}'; BC/filtered BC "
              f"{spec['bc_steps']} steps, Q-SFT {spec['q_steps']} steps on top of its seed's BC model; "
-             f"{spec['eval_episodes']} eval episodes x seeds {spec['seeds']}.", "",
+             f"{spec['eval_episodes']} eval episodes from seed {spec['eval_seed']} x training seeds "
+             f"{spec['seeds']}.", "",
              "| task | data success | method | mean success | per seed | 95% CI (pooled) |",
              "|---|---|---|---|---|---|"]
     if spec.get("multitask"):
         lines[0] += " One policy per method and seed over all tasks' data (the instruction tells them apart)."
     tasks = results["tasks"]
     for task, r in tasks.items():
-        for m in METHODS:
+        for m in methods(spec):
             row = r["rows"][m]
             lines.append(f"| {task} | {r['data_success']:.2f} | {LABELS[m]} | {row['mean']:.2f} | "
                          f"{', '.join(f'{x:.2f}' for x in row['per_seed'])} | "
                          f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] |")
     if len(tasks) > 1:
-        for m in METHODS:
+        for m in methods(spec):
             per_seed = np.mean([r["rows"][m]["per_seed"] for r in tasks.values()], axis=0)
             lines.append(f"| task average | {np.mean([r['data_success'] for r in tasks.values()]):.2f} | "
                          f"{LABELS[m]} | {np.mean(per_seed):.2f} | {', '.join(f'{x:.2f}' for x in per_seed)} | |")
@@ -286,15 +300,16 @@ def plot_benchmark(results: dict, path: Path) -> Path:
     plt = pyplot()
 
     tasks = list(results["tasks"])
-    fig, ax = plt.subplots(figsize=(2.8 + 2.6 * len(tasks), 3.6))
-    width = 0.26
-    colors = {"sft": "#7a7a7a", "filtered_bc": "#e5a03a", "qsft": "#2a6fdb"}
-    for j, m in enumerate(METHODS):
-        xs = np.arange(len(tasks)) + (j - 1) * width
+    shown = methods(results["spec"])
+    fig, ax = plt.subplots(figsize=(2.8 + 0.9 * len(shown) * len(tasks), 3.6))
+    width = 0.8 / len(shown)
+    palette = ["#7a7a7a", "#e5a03a", "#2a6fdb", "#8fb3ec", "#5c3c92", "#2e8b57"]
+    for j, m in enumerate(shown):
+        xs = np.arange(len(tasks)) + (j - (len(shown) - 1) / 2) * width
         rows = [results["tasks"][t]["rows"][m] for t in tasks]
         means = np.array([r["mean"] for r in rows])
         err = np.array([[r["mean"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["mean"] for r in rows]])
-        ax.bar(xs, means, width, yerr=np.clip(err, 0, None), capsize=4, label=LABELS[m], color=colors[m])
+        ax.bar(xs, means, width, yerr=np.clip(err, 0, None), capsize=4, label=LABELS[m], color=palette[j % 6])
         for x, r in zip(xs, rows):
             ax.scatter([x] * len(r["per_seed"]), r["per_seed"], s=10, color="black", zorder=3)
     for i, t in enumerate(tasks):

@@ -189,8 +189,8 @@ def cmd_benchmark(a) -> int:
 def _add_collect(sub) -> None:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
     _config_args(p)
-    _flag_args(p, COLLECT_FLAGS, {"quality": " (default mixed): expert | mixed | poor | biased | stitch, "
-                                             "sim/experts.py"})
+    _flag_args(p, COLLECT_FLAGS, {"quality": " (default mixed): expert | mixed | poor | biased | stitch | "
+                                             "segments, sim/experts.py"})
     p.add_argument("--out", required=True)
     p.add_argument("--hdf5", help="also write a robomimic-layout HDF5 file here")
     p.set_defaults(fn=cmd_collect)
@@ -241,13 +241,14 @@ def _add_demo_and_qvalues(sub) -> None:
 def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
     # no defaults here: a flag left out keeps benchmark.BenchSpec's (arm_reach_red base_goto_red, seeds 0 1 2,
-    # 200 biased episodes, BC 1000 / Q-SFT 1000 steps, 50 eval episodes from seed 1000, Q-SFT with TUNED_Q)
+    # 200 biased episodes, BC 1000 / Q-SFT 1000 steps, 50 eval episodes from seed 1000, Q-SFT per Q_RECIPES)
     p.add_argument("--tasks", nargs="+", help="built-in tasks (sim/registry.py) or metaworld/<env-name>, e.g. "
                    "metaworld/button-press-topdown-v3 (the metaworld extra)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--episodes", type=int)
     p.add_argument("--quality",
-                   help="operator preset of the collected data: biased | stitch (see sim/experts.py) | mixed | poor")
+                   help="operator preset of the collected data: biased | stitch | segments | mixed | poor "
+                        "(sim/experts.py)")
     p.add_argument("--bc-steps", type=int)
     p.add_argument("--q-steps", type=int)
     p.add_argument("--eval-episodes", type=int)
@@ -255,8 +256,10 @@ def _add_benchmark(sub) -> None:
                    help="first evaluation episode seed (1000: the reported runs; tune on others, e.g. 5000)")
     p.add_argument("--config", help="YAML config every run starts from (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="every run")
+    p.add_argument("--q-recipes", nargs="+", metavar="RECIPE",
+                   help="Q-SFT runs per seed, each a row (default: n_step return_to_go; benchmark.Q_RECIPES)")
     p.add_argument("--q-set", dest="q_overrides", action="append", metavar="KEY=VALUE",
-                   help="Q-SFT runs only (replaces the tuned defaults)")
+                   help="Q-SFT runs only, after their recipe's settings")
     p.add_argument("--multitask", action="store_true", default=None,
                    help="one policy per method and seed over the union of the tasks' data, evaluated per task")
     p.add_argument("--workers", type=int, help="collection processes, and training seeds run at once (default 1)")

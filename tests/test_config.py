@@ -17,11 +17,12 @@ def _option(sub: str, flag: str):
 
 def test_cli_choices_and_acting_come_from_the_config_declarations():
     from qsft_robot.algo.policy import MODES
-    from qsft_robot.benchmark import METHODS
+    from qsft_robot.benchmark import BC_METHODS, Q_RECIPES, BenchSpec, methods
 
     assert tuple(_option("train", "--algo").choices) == ALGORITHMS == choices("algo.name")
     assert tuple(_option("eval", "--mode").choices) == ACTING_MODES == choices("eval.mode") == MODES
-    assert sorted(METHODS) == sorted(ALGORITHMS) and METHODS[-1] == "qsft"
+    assert set(BC_METHODS) | {"qsft"} == set(ALGORITHMS)   # the benchmark trains every algorithm
+    assert methods(BenchSpec()) == (*BC_METHODS, *(f"qsft_{r}" for r in Q_RECIPES))   # BC first: Q-SFT needs it
     assert _option("collect", "--episodes").type is int
 
 
@@ -68,10 +69,11 @@ def test_benchmark_flags_default_to_benchspec_and_pass_through():
     assert benchmark_spec(build_parser().parse_args(["benchmark"])) == BenchSpec()
     spec = benchmark_spec(build_parser().parse_args(
         ["benchmark", "--tasks", "base_goto_red", "--seeds", "4", "--q-steps", "7", "--quality", "stitch",
-         "--set", "train.lr=0.1", "--q-set", "algo.gamma=0.5", "--config", "c.yaml"]))
+         "--set", "train.lr=0.1", "--q-set", "algo.gamma=0.5", "--config", "c.yaml", "--q-recipes", "return_to_go"]))
     assert (spec.tasks, spec.seeds, spec.q_steps, spec.quality) == (["base_goto_red"], [4], 7, "stitch")
     assert (spec.overrides, spec.q_overrides, spec.config) == (["train.lr=0.1"], ["algo.gamma=0.5"], "c.yaml")
     assert spec.bc_steps == BenchSpec().bc_steps and spec.eval_seed == BenchSpec().eval_seed
+    assert spec.q_recipes == ["return_to_go"]
 
 
 def test_a_setting_missing_from_an_older_checkpoint_reads_as_the_value_that_code_used():

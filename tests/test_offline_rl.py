@@ -82,11 +82,13 @@ def test_qvalue_table_and_plot(tmp_path, episodes):
 def test_benchmark_table_and_chart(tmp_path):
     from qsft_robot.benchmark import format_markdown, plot_benchmark
     rows = {m: {"mean": v, "per_seed": [v, v], "ci95": [max(0, v - .1), min(1, v + .1)], "n": 100, "train_s": 1.0}
-            for m, v in (("sft", 0.2), ("filtered_bc", 0.5), ("qsft", 0.6))}
+            for m, v in (("sft", 0.2), ("filtered_bc", 0.5), ("qsft_n_step", 0.6), ("qsft_return_to_go", 0.3))}
     res = {"spec": {"episodes": 10, "quality": "biased", "bc_steps": 5, "q_steps": 3, "eval_episodes": 50,
-                    "seeds": [0, 1]}, "tasks": {"arm_reach_red": {"data_success": 0.4, "rows": rows}}}
+                    "eval_seed": 1000, "seeds": [0, 1], "q_recipes": ["n_step", "return_to_go"]},
+           "tasks": {"arm_reach_red": {"data_success": 0.4, "rows": rows}}}
     md = format_markdown(res)
-    assert "| arm_reach_red | 0.40 | Q-SFT | 0.60 | 0.60, 0.60 | [0.50, 0.70] |" in md
+    assert "| arm_reach_red | 0.40 | Q-SFT (n-step EMaQ) | 0.60 | 0.60, 0.60 | [0.50, 0.70] |" in md
+    assert "| arm_reach_red | 0.40 | Q-SFT (return-to-go) | 0.30 | 0.30, 0.30 | [0.20, 0.40] |" in md
     assert plot_benchmark(res, tmp_path / "b.png").stat().st_size > 5000
 
 
@@ -185,12 +187,13 @@ def test_benchmark_refuses_a_dataset_collected_otherwise(tmp_path):
 def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
     """--multitask: one dataset per task, their union as the training data, one run per method and
     seed, each evaluated on every task (tiny sizes: this checks the wiring, not the numbers)."""
-    from qsft_robot.benchmark import METHODS, BenchSpec, run_benchmark
+    from qsft_robot.benchmark import BenchSpec, methods, run_benchmark
     from qsft_robot.data.sources import open_dataset
 
     tasks = ["arm_reach_red", "arm_push"]
     spec = BenchSpec(tasks=tasks, seeds=[0], episodes=3, bc_steps=2, q_steps=2, eval_episodes=2, multitask=True,
                      overrides=["train.batch_size=4"])
+    METHODS = methods(spec)  # noqa: N806 - the benchmark's own name for it
     res = run_benchmark(spec, tmp_path)
     union = open_dataset(tmp_path / "multitask" / "dataset").episodes()
     instructions = {ep.instruction for ep in union}
@@ -203,7 +206,7 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
         ckpts = {r["checkpoint"] for m in METHODS for r in res["tasks"][task]["runs"][m]}
         assert all("multitask" in c for c in ckpts)
     md = (tmp_path / "multitask" / "results.md").read_text()   # beside, never over, single-task results
-    assert md.count("| task average |") == 3 and "One policy per method and seed" in md and "Wall time" in md
+    assert md.count("| task average |") == len(METHODS) and "One policy per method and seed" in md and "Wall time" in md
     assert not (tmp_path / "results.md").exists() and (tmp_path / "multitask" / "arm_push" / "results.json").is_file()
     assert res["plot"] == str(tmp_path / "multitask" / "offline_rl.png")
     # a union built from other task datasets is refused (its finished runs would be taken for this one's)
@@ -218,11 +221,12 @@ def test_benchmark_runs_seeds_in_parallel_workers(tmp_path, caplog):
     processes would train into one folder)."""
     import logging
 
-    from qsft_robot.benchmark import METHODS, BenchSpec, run_benchmark
+    from qsft_robot.benchmark import BenchSpec, methods, run_benchmark
 
     tasks = ["arm_push"]
     spec = BenchSpec(tasks=tasks, seeds=[0, 1], episodes=3, bc_steps=2, q_steps=2, eval_episodes=2, workers=2,
-                     overrides=["train.batch_size=4"])
+                     overrides=["train.batch_size=4"], q_recipes=["return_to_go"])
+    METHODS = methods(spec)  # noqa: N806 - the benchmark's own name for it
     with caplog.at_level(logging.INFO, logger="qsft_robot.benchmark"):
         par = run_benchmark(spec, tmp_path)
     assert "running 2 seed jobs in 2 processes" in caplog.text
@@ -236,7 +240,7 @@ def test_benchmark_runs_seeds_in_parallel_workers(tmp_path, caplog):
                                                                           for s in (0, 1)]
             assert [(r["success"], r["checkpoint"]) for r in runs[m]] == \
                    [(r["success"], r["checkpoint"]) for r in seq["tasks"][task]["runs"][m]]
-        assert len(par["tasks"][task]["rows"]["qsft"]["per_seed"]) == 2
+        assert len(par["tasks"][task]["rows"]["qsft_return_to_go"]["per_seed"]) == 2
     with pytest.raises(ValueError, match="lists a value twice"):
         run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0, 0], workers=2), tmp_path)
 
@@ -247,3 +251,33 @@ def test_benchmark_multitask_refuses_tasks_of_different_layouts(tmp_path):
     with pytest.raises(ValueError, match=r"same \(action dims, camera, state size\).*base_goto_red: \(2, 'ego'"):
         run_benchmark(BenchSpec(tasks=["arm_reach_red", "base_goto_red"], multitask=True), tmp_path)
     assert not any(tmp_path.iterdir())   # refused before collecting anything
+
+
+@pytest.mark.parametrize("task", ["base_goto_red", "arm_reach_red"])
+def test_segments_data_has_no_log_from_the_start_to_the_goal(task):
+    """'segments' data: every log is the head of a run (from an evaluation start to a cut part-way, ending
+    with a stop, never a success), the tail of a run for the red object (from its cut to the goal), or a
+    whole run for another object (a failure). No successful log starts in the evaluation start region
+    (the base at the origin; the hand at its start height), so imitating the successes never sees an
+    evaluation start."""
+    from qsft_robot.sim.arm import HAND_Z0
+    eps = collect_episodes(task, 40, "segments", seed=0, image_size=32)
+    heads, tails, whole = ([e for e in eps if e.meta["segment"] == p] for p in ("head", "tail", "whole"))
+    assert len(heads) + len(tails) + len(whole) == 40 and 8 <= len(heads) <= 24 and 8 <= len(tails) <= 24
+    assert len(whole) >= 3 and all(e.meta["wrong_target"] for e in whole)
+    assert not any(e.success or e.terminated for e in heads + whole)
+    assert np.mean([e.success for e in tails]) >= 0.9
+    assert 0.3 <= np.mean([e.meta["wrong_target"] for e in heads]) <= 0.9
+    assert not any(e.meta["wrong_target"] for e in tails)
+    cut = [e for e in heads if e.meta["cut_at"] is not None]   # the others ran out of time before it
+    assert len(cut) >= 0.8 * len(heads)
+    for e in cut:
+        assert np.all(e.actions[-1][:-1 if task.startswith("arm") else None] == 0)  # stopped at the cut
+        assert e.meta["cut_at"] == len(e) - 1
+    start = {e.meta["seed"]: np.array(e.meta["start_position"]) for e in eps}
+    if task == "base_goto_red":
+        assert all(np.linalg.norm(start[e.meta["seed"]]) == 0 for e in heads + whole)    # evaluation start
+        assert min(np.linalg.norm(start[e.meta["seed"]]) for e in eps if e.success) > 0.1
+    else:
+        assert all(start[e.meta["seed"]][2] == pytest.approx(HAND_Z0) for e in heads + whole)
+        assert max(start[e.meta["seed"]][2] for e in eps if e.success) < HAND_Z0 - 0.015

@@ -15,6 +15,8 @@ BLOCKS = ("red", "green", "blue")
 TABLE_X, TABLE_Y = (-0.22, 0.22), (-0.18, 0.18)
 HAND_Z0 = 0.12
 BLOCK_HALF = 0.02
+REACH_RADIUS = 0.03  # reach succeeds with the hand this close to the block in x-y (m), and low
+REACH_HEIGHT = 0.08
 
 
 def _xml() -> str:
@@ -91,6 +93,8 @@ class ArmTask(MujocoTask):
     def hand_pos(self) -> np.ndarray:
         return self.data.mocap_pos[0].copy()
 
+    robot_position = hand_pos
+
     def _randomize(self) -> None:
         pts: list[np.ndarray] = []
         while len(pts) < len(BLOCKS):  # rejection sampling: blocks at least 8 cm apart
@@ -152,7 +156,7 @@ class ArmTask(MujocoTask):
     def _success(self) -> bool:
         t = self.block_pos(self.target)
         if self.kind == "reach":
-            return bool(np.linalg.norm(self.hand_pos[:2] - t[:2]) < 0.03 and self.hand_pos[2] < 0.08)
+            return bool(np.linalg.norm(self.hand_pos[:2] - t[:2]) < REACH_RADIUS and self.hand_pos[2] < REACH_HEIGHT)
         g = self.block_pos(self.goal)
         if self.kind == "push":
             return bool(np.linalg.norm(t[:2] - g[:2]) < 0.06)

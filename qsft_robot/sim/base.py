@@ -8,6 +8,7 @@ from qsft_robot.sim.core import COLORS, MujocoTask
 
 CONES = ("red", "green", "blue", "yellow")
 ARENA = 2.0
+GOAL_RADIUS = 0.45  # success: the base centre this close to the target cone (m)
 
 
 def _xml() -> str:
@@ -67,6 +68,10 @@ class BaseTask(MujocoTask):
     def pose(self) -> np.ndarray:
         return self.data.qpos[:3].copy()
 
+    @property
+    def robot_position(self) -> np.ndarray:
+        return self.pose[:2]
+
     def _randomize(self) -> None:
         pts: list[np.ndarray] = []
         while len(pts) < len(CONES):
@@ -99,4 +104,4 @@ class BaseTask(MujocoTask):
         return np.concatenate([[c * d[0] + s * d[1], -s * d[0] + c * d[1]] for d in rel])
 
     def _success(self) -> bool:
-        return bool(np.linalg.norm(self.pose[:2] - self.cone_pos(self.target)) < 0.45)
+        return bool(np.linalg.norm(self.pose[:2] - self.cone_pos(self.target)) < GOAL_RADIUS)

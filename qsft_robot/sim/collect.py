@@ -21,20 +21,35 @@ def rollout_expert(task: str, seed: int, quality: str, image_size: int) -> Episo
     obs, _ = env.reset(seed=seed)
     expert = make_expert(env, quality, seed=seed + 7919)
     degradation = expert.reset()
+    part = degradation.get("segment")  # segmented presets log the head or the tail of the run only
     frames, states, actions, rewards = [], [], [], []
     terminated = False
     while True:
-        a = expert.act()
+        cut = part is not None and expert.cut_reached()
+        if part == "tail" and not cut:  # the run before a tail's cut is not logged
+            obs, _, terminated, truncated, info = env.step(expert.act())
+            if terminated or truncated:
+                raise RuntimeError(f"{task} seed {seed}: the run ended before its cut; no tail to log")
+            continue
+        a = expert.stop_action() if part == "head" and cut else expert.act()
+        if part is not None and not frames:  # where a segment's log starts (the data is judged by it)
+            degradation["start_position"] = [float(x) for x in env.robot_position]
         frames.append(obs["images"][env.camera])
         states.append(obs["state"])
         actions.append(a.astype(np.float32))
         obs, r, terminated, truncated, info = env.step(a)
         rewards.append(r)
-        if terminated or truncated:
+        if terminated or truncated or (part == "head" and cut):  # a head stops at its cut: the log ends
             break
+    success = bool(info["success"])
+    if part in ("head", "whole") and success:  # met the goal on its way elsewhere: the log stops short of it
+        frames, states, actions, rewards = frames[:-1], states[:-1], actions[:-1], rewards[:-1]
+        success = terminated = False
+    if part == "head":
+        degradation["cut_at"] = expert.cut_at
     env.close()
     return Episode(images={env.camera: np.stack(frames)}, actions=np.stack(actions), instruction=env.instruction,
-                   state=np.stack(states), rewards=np.asarray(rewards, np.float32), success=bool(info["success"]),
+                   state=np.stack(states), rewards=np.asarray(rewards, np.float32), success=success,
                    terminated=terminated, meta={"seed": seed, **degradation})
 
 

@@ -66,6 +66,11 @@ class MujocoTask:
     def _success(self) -> bool: ...
     def _oracle(self) -> np.ndarray: ...
 
+    @property
+    def robot_position(self) -> np.ndarray:
+        """Where the robot is (the hand, the base): in world coordinates, for logs and tests."""
+        raise NotImplementedError
+
     def _renderer(self, size: int) -> mujoco.Renderer:
         if size not in self._renderers:
             self._renderers[size] = mujoco.Renderer(self.model, size, size)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qsft_robot.sim.arm import BLOCK_HALF, BLOCKS, ArmTask
-from qsft_robot.sim.base import CONES, BaseTask
+from qsft_robot.sim.arm import BLOCK_HALF, BLOCKS, REACH_RADIUS, ArmTask
+from qsft_robot.sim.base import CONES, GOAL_RADIUS, BaseTask
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,20 @@ class Quality:
     # with a detour). Filtering on success throws the first kind away and copies the detours; a value
     # function can keep the good first parts, which is what offline RL's "stitching" is about
     switch: float = 0.0
+    # > 0: every run is logged in part, as its *head* (from the start to a cut part-way to the object it
+    # heads for, where it stops; probability `segments`) or as its *tail* (from that cut to the end, on a
+    # run that goes for the task's own object), or whole when it goes for another object (probability
+    # `whole_wrong`: the failures that say where the other objects lead). No log goes from a start state
+    # to the goal, so imitating the successes only covers states around the cut, and a value function
+    # must join heads to tails (stitching)
+    segments: float = 0.0
+    whole_wrong: float = 0.0
 
     @classmethod
     def preset(cls, name: str) -> "Quality":
         presets = {"expert": cls(0.05, 0.0, 0.0), "mixed": cls(0.3, 0.45, 0.2), "poor": cls(0.6, 0.7, 0.3),
-                   "biased": cls(0.2, 0.6, 0.0, "nearest"), "stitch": cls(0.2, 0.6, 0.0, "nearest", 0.5)}
+                   "biased": cls(0.2, 0.6, 0.0, "nearest"), "stitch": cls(0.2, 0.6, 0.0, "nearest", 0.5),
+                   "segments": cls(0.2, 0.6, 0.0, "nearest", segments=0.4, whole_wrong=0.2)}
         if name not in presets:
             raise ValueError(f"unknown quality {name!r}; choose from {sorted(presets)}")
         return presets[name]
@@ -46,6 +55,21 @@ def draw_stop_and_switch(rng: np.random.Generator, q: Quality, max_steps: int) -
     switches = q.switch > 0 and rng.random() < q.switch  # no draw otherwise: older presets' data stays
     switch_at = int(rng.integers(int(0.15 * max_steps), int(0.45 * max_steps) + 1)) if switches else None
     return stop_at, switch_at
+
+
+CUT_FRACTION = (0.4, 0.6)  # a segmented run is cut once it has covered this share of its way (uniform draw)
+
+
+def draw_segment(rng: np.random.Generator, q: Quality) -> tuple[str | None, float]:
+    """A segmented run's part, "head", "tail" or "whole" (a run for another object), or None (every run
+    logged whole: the other presets), and where it is cut (the share of the way to the goal's boundary
+    covered by then). Drawn after the stop and switch draws, and only for segmented presets, so that the
+    other presets' data stays what it was."""
+    if q.segments <= 0:
+        return None, 1.0
+    u = rng.random()
+    part = "head" if u < q.segments else "whole" if u < q.segments + q.whole_wrong else "tail"
+    return part, float(rng.uniform(*CUT_FRACTION))
 
 
 def make_expert(env, quality: Quality | str = "expert", seed: int = 0):
@@ -69,6 +93,10 @@ class ScriptedExpert:
         self.stop_at = None
         self.switch_at = None
         self.phase = 0
+        self.part: str | None = None   # segmented presets: "head" or "tail" of the run is logged
+        self.cut_fraction = 1.0
+        self.cut_at: int | None = None  # the step the run was cut at, once it has been
+        self.way = 0.0                  # distance to the goal's boundary at the start
 
     def reset(self) -> dict:
         """Call after env.reset(); returns the episode's degradation (recorded for analysis)."""
@@ -84,8 +112,48 @@ class ScriptedExpert:
                 self.aim = self.rng.choice(others)
         self.stop_at, self.switch_at = draw_stop_and_switch(self.rng, q, env.max_steps)
         self.phase = 0
+        self.part, self.cut_fraction = draw_segment(self.rng, q)
+        self.cut_at = None
+        if self.part is not None:
+            if isinstance(env, ArmTask) and env.kind != "reach":
+                raise ValueError("segmented data is defined for reaching and driving to an object (arm_reach*, "
+                                 f"base_goto*), not for arm {env.kind}")
+            if self.part == "tail":  # a tail is the end of a run for the task's own object
+                self.aim, wrong = env.target, False
+            elif self.part == "whole" and not wrong:  # logged whole only when it goes for another object
+                self.aim, wrong = self._nearest_other() if q.wrong_choice == "nearest" else self.rng.choice(
+                    [n for n in names if n != env.target]), True
+            self.way = self._to_boundary()
         return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None,
-                "switch": self.switch_at is not None}
+                "switch": self.switch_at is not None, "segment": self.part}
+
+    def _to_boundary(self) -> float:
+        """Distance (x-y, m) from the robot to the edge of the success region around the aimed object."""
+        env = self.env
+        if isinstance(env, ArmTask):
+            return max(float(np.linalg.norm(env.hand_pos[:2] - env.block_pos(self.aim)[:2])) - REACH_RADIUS, 0.0)
+        return max(float(np.linalg.norm(env.pose[:2] - env.cone_pos(self.aim))) - GOAL_RADIUS, 0.0)
+
+    def _step_reach(self) -> float:
+        """The farthest one action moves the robot in x-y (m)."""
+        env = self.env
+        return env.max_delta * np.sqrt(2) if isinstance(env, ArmTask) else env.max_lin * env.control_dt
+
+    def cut_reached(self) -> bool:
+        """Whether a segmented run has covered its share of the way, or is one action from the goal's
+        boundary (so that a head never reaches the goal); latched at the first such step, never the start."""
+        if self.part in ("head", "tail") and self.cut_at is None and self.env.t >= 1:
+            left = self._to_boundary()
+            if left <= max((1 - self.cut_fraction) * self.way, self._step_reach()):
+                self.cut_at = self.env.t
+        return self.cut_at is not None
+
+    def stop_action(self) -> np.ndarray:
+        """Standing still (a head's last logged action, at its cut): no motion, the gripper as it is."""
+        a = np.zeros(self.env.action_dim)
+        if isinstance(self.env, ArmTask):
+            a[3] = 1.0 if self.env.gripped else -1.0
+        return a
 
     def _switch(self) -> None:
         """Change of mind: right object -> the wrong one nearest the robot now, or wrong -> right."""
@@ -110,10 +178,7 @@ class ScriptedExpert:
         if self.switch_at is not None and env.t == self.switch_at:
             self._switch()
         if self.stop_at is not None and env.t >= self.stop_at:
-            a = np.zeros(env.action_dim)
-            if isinstance(env, ArmTask):
-                a[3] = 1.0 if env.gripped else -1.0
-            return a
+            return self.stop_action()
         a = self._arm() if isinstance(env, ArmTask) else self._base()
         a = a + self.rng.normal(0.0, self.quality.noise, size=a.shape) * (np.arange(a.size) < 3)
         return np.clip(a, -1.0, 1.0)
