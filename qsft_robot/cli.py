@@ -129,7 +129,7 @@ def cmd_demo(a) -> int:
 def cmd_inspect(a) -> int:
     from qsft_robot.data.inspect import inspect_dataset
 
-    report = inspect_dataset(a.path, a.format, a.instruction)
+    report = inspect_dataset(a.path, a.format, a.instruction, decode=a.decode)
     print(json.dumps(report, indent=2) if a.json else report["text"])
     return 1 if report["problems"] and a.strict else 0
 
@@ -277,6 +277,8 @@ def _add_data(sub) -> None:
     q.add_argument("--instruction", default="", help="data.instruction, for logs without language (ALOHA)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--strict", action="store_true", help="exit 1 when problems are found")
+    q.add_argument("--decode", action="store_true",
+                   help="also decode every video frame (streamed, episode by episode) and name unreadable episodes")
     q.set_defaults(fn=cmd_inspect)
 
 
@@ -295,11 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     from qsft_robot.config import ConfigError, setup_logging
     setup_logging(args.log_level.upper())
     from qsft_robot.data.episode import DatasetError
-    from qsft_robot.checkpoint import CheckpointError
 
     try:
         return args.fn(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+    # checkpoint.CheckpointError is a FileNotFoundError; importing it here would load torch for every command
+    except (ConfigError, DatasetError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"qsft-robot: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -62,27 +63,28 @@ class MemmapImageStore(ImageStore):
         return {"folder": self.folder, "_shape": self._shape, "source": self.source, "_mm": None}
 
     @classmethod
-    def write(cls, folder: str | Path, episodes, cameras: list[str] | None = None, total_frames: int | None = None,
+    def write(cls, folder: str | Path, chunks: Iterable[np.ndarray], total_frames: int | None = None,
               source: str = "") -> "MemmapImageStore":
-        """Stream episodes' frames into the store; the folder is complete or absent (temp + rename)."""
+        """Stream (n, cams, H, W, 3) uint8 blocks of frames into the store, block after block, so memory stays
+        at one block whatever the dataset's size; the folder is complete or absent (temp + rename)."""
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         n, frame_shape = 0, None
-        with open(tmp / "frames.u8", "wb") as fh:
-            for ep in tqdm(episodes, desc="cache frames", unit="ep", total=None):
-                cameras = cameras or sorted(ep.images)
-                stack = np.stack([ep.images[c] for c in cameras], axis=1)
+        with open(tmp / cls.data_file, "wb") as fh, tqdm(total=total_frames, desc="cache frames", unit="frame") as bar:
+            for block in chunks:
                 if frame_shape is None:
-                    frame_shape = stack.shape[1:]
-                elif stack.shape[1:] != frame_shape:
-                    raise ValueError(f"episode {ep.meta.get('episode_index')}: frames {stack.shape[1:]} differ "
-                                     f"from {frame_shape}")
-                fh.write(np.ascontiguousarray(stack, dtype=np.uint8).tobytes())
-                n += len(stack)
+                    frame_shape = block.shape[1:]
+                elif block.shape[1:] != frame_shape:
+                    raise ValueError(f"frames {block.shape[1:]} after frame {n} differ from {frame_shape}")
+                fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+                n += len(block)
+                bar.update(len(block))
+        if frame_shape is None:
+            raise ValueError("no frames to cache")
         if total_frames is not None and n != total_frames:
             raise ValueError(f"frame cache holds {n} frames, the dataset has {total_frames}")
-        (tmp / "frames.json").write_text(json.dumps({"shape": [n, *frame_shape], "source": source}))
+        (tmp / cls.meta_file).write_text(json.dumps({"shape": [n, *frame_shape], "source": source}))
         if folder.exists():
             import shutil
             shutil.rmtree(folder)

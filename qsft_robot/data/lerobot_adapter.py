@@ -1,4 +1,4 @@
-"""Accept an upstream `lerobot` LeRobotDataset object (optional; lerobot needs Python >= 3.12).
+"""Accept an upstream `lerobot` LeRobotDataset object (optional: lerobot pins its own torch, docs/data.md).
 
 The adapter reads the dataset's local folder with our own reader rather than iterating the object:
 that keeps one decoding path (and its error messages) for both, and needs no lerobot import here.

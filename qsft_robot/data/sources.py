@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from qsft_robot.config import DATA_FORMATS
 from qsft_robot.data.episode import DatasetError, Episode
 
@@ -129,6 +131,36 @@ class Dataset:
         logger.info("read %d episodes (%s) from %s", len(eps), self.label, self.detected.path)
         return eps
 
+    def camera_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Camera name -> (H, W, 3). LeRobot declares it in info.json, so no video is decoded; HDF5 layouts
+        are read up to their first episode."""
+        if self.format == LEROBOT:
+            from qsft_robot.data.lerobot_reader import LeRobotReader
+            return LeRobotReader(self.detected.path, cameras=self.cameras).camera_shapes()
+        first = next(iter(self.iter_episodes()), None)
+        return {} if first is None else {c: tuple(v.shape[1:]) for c, v in first.images.items()}
+
+    def iter_frame_chunks(self, episode_indices: list[int], chunk_bytes: int = 32 << 20) -> Iterator[np.ndarray]:
+        """Frames of the given episodes (LeRobot only: `streamable`), in that order, as (n, cameras, H, W, 3)
+        uint8 blocks of at most `chunk_bytes` (one frame at least); cameras in `cameras` order, else sorted by
+        name. What a frame cache is written from: memory stays at a few blocks, whatever the episodes'
+        lengths and the cameras' sizes."""
+        from qsft_robot.data.lerobot_reader import LeRobotReader
+
+        if not self.streamable:
+            raise DatasetError(f"{self.detected.path}: {self.label} frames are not streamed")
+        reader = LeRobotReader(self.detected.path, cameras=self.cameras)
+        if not self.cameras:  # by name, the order build_transitions stacks in-memory episodes' cameras in
+            reader.cam_keys = sorted(reader.cam_keys, key=lambda k: k.split(".")[-1])
+        frame_bytes = sum(int(np.prod(s)) for s in reader.camera_shapes().values())
+        chunk_frames = max(1, chunk_bytes // max(frame_bytes, 1))
+        metas = {em["episode_index"]: em for em in reader.metas}
+        try:
+            for e in episode_indices:
+                yield from reader.frame_chunks(metas[e], chunk_frames, self.drop_nonfinite)
+        finally:
+            reader.close()
+
 
 def open_dataset(path: str | Path, format: str = "auto", cameras: list[str] | None = None, instruction: str = "",
                  drop_nonfinite: bool = False) -> Dataset:
@@ -155,6 +187,6 @@ def load_training_data(data_cfg, run_dir: Path, keep: Callable[[Episode], bool] 
     folder = run_dir / "frame_cache"
     store = MemmapImageStore.open_if_valid(folder, total, source)
     if store is None:
-        store = MemmapImageStore.write(folder, (e for e in ds.iter_episodes() if keep(e)),
-                                       cameras=data_cfg.cameras or None, total_frames=total, source=source)
+        store = MemmapImageStore.write(folder, ds.iter_frame_chunks([e.meta["episode_index"] for e in light]),
+                                       total_frames=total, source=source)
     return light, store
