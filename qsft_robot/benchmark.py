@@ -35,7 +35,7 @@ Q_RECIPES = {
     "return_to_go": ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9",
                      "train.sampling=episode"],
 }
-Q_LABELS = {"n_step": "Q-SFT (n-step EMaQ)", "return_to_go": "Q-SFT (return-to-go)"}
+Q_LABELS = {"n_step": "Q-SFT (n-step)", "return_to_go": "Q-SFT (return-to-go)"}
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", **{f"qsft_{k}": v for k, v in Q_LABELS.items()}}
 # every method's training settings (compact model, CPU budget); spec.overrides come after these
 BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", "algo.label_sigma=4"]

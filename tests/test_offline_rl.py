@@ -87,7 +87,7 @@ def test_benchmark_table_and_chart(tmp_path):
                     "eval_seed": 1000, "seeds": [0, 1], "q_recipes": ["n_step", "return_to_go"]},
            "tasks": {"arm_reach_red": {"data_success": 0.4, "rows": rows}}}
     md = format_markdown(res)
-    assert "| arm_reach_red | 0.40 | Q-SFT (n-step EMaQ) | 0.60 | 0.60, 0.60 | [0.50, 0.70] |" in md
+    assert "| arm_reach_red | 0.40 | Q-SFT (n-step) | 0.60 | 0.60, 0.60 | [0.50, 0.70] |" in md
     assert "| arm_reach_red | 0.40 | Q-SFT (return-to-go) | 0.30 | 0.30, 0.30 | [0.20, 0.40] |" in md
     assert plot_benchmark(res, tmp_path / "b.png").stat().st_size > 5000
 
@@ -109,21 +109,20 @@ def test_benchmark_ci_sized(tmp_path, report):
     BC copies the majority and Q-SFT, on top of that very BC model, must beat it beyond noise: the
     Wilson 95% intervals must not overlap. Measured here: BC 0.17 [0.07, 0.34], filtered BC 0.97,
     Q-SFT 0.90 [0.74, 0.97] (README: Results has the full-size numbers)."""
-    from qsft_robot.benchmark import TUNED_Q, BenchSpec, run_benchmark
+    from qsft_robot.benchmark import BenchSpec, run_benchmark
     # frame-sampled batches at this size: episode weighting (the full-size setting) needs more than 150
     # steps here (measured 0.43 [0.27, 0.61] with it, 0.90 without)
-    q_sets = [q for q in TUNED_Q if not q.startswith("train.sampling")]
     spec = BenchSpec(tasks=["base_goto_red"], seeds=[0], episodes=60, bc_steps=200, q_steps=150, eval_episodes=30,
-                     q_overrides=q_sets)
+                     q_recipes=["return_to_go"], q_overrides=["train.sampling=frame"])
     res = run_benchmark(spec, tmp_path)
     rows = res["tasks"]["base_goto_red"]["rows"]
-    assert (tmp_path / "results.md").read_text().count("| base_goto_red |") == 3
+    assert (tmp_path / "results.md").read_text().count("| base_goto_red |") == 3  # BC, filtered BC, Q-SFT
     assert (tmp_path / "offline_rl.png").stat().st_size > 5000
     assert 0.2 <= res["tasks"]["base_goto_red"]["data_success"] <= 0.6
     report("benchmark (CI size: base_goto_red, 60 episodes, BC 200 / Q-SFT +150 steps, 30 eval episodes): " +
            ", ".join(f"{m} {rows[m]['mean']:.2f} {[round(x, 2) for x in rows[m]['ci95']]}"
-                     for m in ("sft", "filtered_bc", "qsft")))
-    assert rows["qsft"]["ci95"][0] > rows["sft"]["ci95"][1], rows  # Q-SFT > BC beyond noise
+                     for m in ("sft", "filtered_bc", "qsft_return_to_go")))
+    assert rows["qsft_return_to_go"]["ci95"][0] > rows["sft"]["ci95"][1], rows  # Q-SFT > BC beyond noise
 
 
 def test_value_probe_separates_successful_from_failed_first_actions(tmp_path, episodes):
@@ -280,4 +279,4 @@ def test_segments_data_has_no_log_from_the_start_to_the_goal(task):
         assert min(np.linalg.norm(start[e.meta["seed"]]) for e in eps if e.success) > 0.1
     else:
         assert all(start[e.meta["seed"]][2] == pytest.approx(HAND_Z0) for e in heads + whole)
-        assert max(start[e.meta["seed"]][2] for e in eps if e.success) < HAND_Z0 - 0.015
+        assert max(start[e.meta["seed"]][2] for e in eps if e.success) < HAND_Z0 - 0.01

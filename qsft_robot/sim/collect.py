@@ -26,18 +26,19 @@ def rollout_expert(task: str, seed: int, quality: str, image_size: int) -> Episo
     terminated = False
     while True:
         cut = part is not None and expert.cut_reached()
-        if part == "tail" and not cut:  # the run before a tail's cut is not logged
-            obs, _, terminated, truncated, info = env.step(expert.act())
-            if terminated or truncated:
-                raise RuntimeError(f"{task} seed {seed}: the run ended before its cut; no tail to log")
-            continue
         a = expert.stop_action() if part == "head" and cut else expert.act()
-        if part is not None and not frames:  # where a segment's log starts (the data is judged by it)
-            degradation["start_position"] = [float(x) for x in env.robot_position]
-        frames.append(obs["images"][env.camera])
-        states.append(obs["state"])
-        actions.append(a.astype(np.float32))
+        step = (obs, a, None if part is None else [float(x) for x in env.robot_position])
         obs, r, terminated, truncated, info = env.step(a)
+        if part == "tail" and not cut and not terminated:  # the run before a tail's cut is not logged ...
+            if truncated:
+                raise RuntimeError(f"{task} seed {seed}: the run timed out before its cut; no tail to log")
+            continue
+        # ... unless it met the goal first (noise can carry it past the cut): then the tail is its last step
+        if not frames and part is not None:  # where a segment's log starts (the data is judged by it)
+            degradation["start_position"] = step[2]
+        frames.append(step[0]["images"][env.camera])
+        states.append(step[0]["state"])
+        actions.append(step[1].astype(np.float32))
         rewards.append(r)
         if terminated or truncated or (part == "head" and cut):  # a head stops at its cut: the log ends
             break

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qsft_robot.sim.arm import BLOCK_HALF, BLOCKS, REACH_RADIUS, ArmTask
+from qsft_robot.sim.arm import BLOCK_HALF, BLOCKS, HAND_Z0, ArmTask
 from qsft_robot.sim.base import CONES, GOAL_RADIUS, BaseTask
 
 
@@ -27,12 +27,13 @@ class Quality:
     # with a detour). Filtering on success throws the first kind away and copies the detours; a value
     # function can keep the good first parts, which is what offline RL's "stitching" is about
     switch: float = 0.0
-    # > 0: every run is logged in part, as its *head* (from the start to a cut part-way to the object it
+    # > 0: every run is logged in part, as its *head* (from the start to a cut on the way to the object it
     # heads for, where it stops; probability `segments`) or as its *tail* (from that cut to the end, on a
     # run that goes for the task's own object), or whole when it goes for another object (probability
-    # `whole_wrong`: the failures that say where the other objects lead). No log goes from a start state
-    # to the goal, so imitating the successes only covers states around the cut, and a value function
-    # must join heads to tails (stitching)
+    # `whole_wrong`: the failures that say where the other objects lead). The cut: part-way for the base;
+    # for the arm, whose segmented operators approach above the block at the start height and then
+    # descend, the first step of the descent. No log goes from a start state to the goal, so imitating the
+    # successes only covers states after the cut, and a value function must join heads to tails (stitching)
     segments: float = 0.0
     whole_wrong: float = 0.0
 
@@ -57,7 +58,8 @@ def draw_stop_and_switch(rng: np.random.Generator, q: Quality, max_steps: int) -
     return stop_at, switch_at
 
 
-CUT_FRACTION = (0.4, 0.6)  # a segmented run is cut once it has covered this share of its way (uniform draw)
+CUT_FRACTION = (0.4, 0.6)  # a segmented base run is cut once it has covered this share of its way (uniform draw)
+ABOVE_TOLERANCE = 0.01     # m: a segmented arm run's approach ends this close above the block (x-y)
 
 
 def draw_segment(rng: np.random.Generator, q: Quality) -> tuple[str | None, float]:
@@ -97,6 +99,7 @@ class ScriptedExpert:
         self.cut_fraction = 1.0
         self.cut_at: int | None = None  # the step the run was cut at, once it has been
         self.way = 0.0                  # distance to the goal's boundary at the start
+        self.descent_at = 0             # segmented arm runs: the step their descent began
 
     def reset(self) -> dict:
         """Call after env.reset(); returns the episode's degradation (recorded for analysis)."""
@@ -123,29 +126,29 @@ class ScriptedExpert:
             elif self.part == "whole" and not wrong:  # logged whole only when it goes for another object
                 self.aim, wrong = self._nearest_other() if q.wrong_choice == "nearest" else self.rng.choice(
                     [n for n in names if n != env.target]), True
-            self.way = self._to_boundary()
+            self.way = 0.0 if isinstance(env, ArmTask) else self._to_boundary()
         return {"wrong_target": bool(wrong), "early_stop": self.stop_at is not None,
                 "switch": self.switch_at is not None, "segment": self.part}
 
     def _to_boundary(self) -> float:
-        """Distance (x-y, m) from the robot to the edge of the success region around the aimed object."""
+        """Distance (x-y, m) from the base to the edge of the success region around the aimed cone."""
         env = self.env
-        if isinstance(env, ArmTask):
-            return max(float(np.linalg.norm(env.hand_pos[:2] - env.block_pos(self.aim)[:2])) - REACH_RADIUS, 0.0)
         return max(float(np.linalg.norm(env.pose[:2] - env.cone_pos(self.aim))) - GOAL_RADIUS, 0.0)
 
-    def _step_reach(self) -> float:
-        """The farthest one action moves the robot in x-y (m)."""
+    def _at_cut(self) -> bool:
+        """Where a segmented run is cut. Arm: above the aimed block once the descent has begun (a segmented
+        operator approaches at the start height, then descends; a tail is the descent only). Base: part-way to the
+        aimed cone (cut_fraction of the way to its success region), or one action from that region, so
+        that a head never reaches the goal."""
         env = self.env
-        return env.max_delta * np.sqrt(2) if isinstance(env, ArmTask) else env.max_lin * env.control_dt
+        if isinstance(env, ArmTask):  # above the block after one step of descent: below any evaluation start
+            return self.phase >= 1 and env.t > self.descent_at
+        return self._to_boundary() <= max((1 - self.cut_fraction) * self.way, env.max_lin * env.control_dt)
 
     def cut_reached(self) -> bool:
-        """Whether a segmented run has covered its share of the way, or is one action from the goal's
-        boundary (so that a head never reaches the goal); latched at the first such step, never the start."""
-        if self.part in ("head", "tail") and self.cut_at is None and self.env.t >= 1:
-            left = self._to_boundary()
-            if left <= max((1 - self.cut_fraction) * self.way, self._step_reach()):
-                self.cut_at = self.env.t
+        """Whether a segmented run has reached its cut (latched at the first such step, never the start)."""
+        if self.part in ("head", "tail") and self.cut_at is None and self.env.t >= 1 and self._at_cut():
+            self.cut_at = self.env.t
         return self.cut_at is not None
 
     def stop_action(self) -> np.ndarray:
@@ -192,6 +195,10 @@ class ScriptedExpert:
         hand, tgt = env.hand_pos, env.block_pos(self.aim)
         grip = -1.0
         if env.kind == "reach":
+            if self.part is not None and self.phase == 0:  # segmented runs: approach at the start height first
+                if np.linalg.norm(hand[:2] - tgt[:2]) >= ABOVE_TOLERANCE:
+                    return np.append(self._move(np.append(tgt[:2], HAND_Z0)), grip)
+                self.phase, self.descent_at = 1, env.t
             return np.append(self._move(tgt + [0, 0, 0.03]), grip)
         if env.kind == "push":
             goal = env.block_pos(self.aim_goal)
