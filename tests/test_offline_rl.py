@@ -125,6 +125,27 @@ def test_benchmark_ci_sized(tmp_path, report):
     assert rows["qsft_return_to_go"]["ci95"][0] > rows["sft"]["ci95"][1], rows  # Q-SFT > BC beyond noise
 
 
+def test_benchmark_ci_sized_segments_n_step_stitches(tmp_path, report):
+    """Where imitation cannot win: on 'segments' data no log goes from an evaluation start to the goal, so
+    filtered BC imitates tails that start elsewhere and return-to-go values every head at 0. The n-step
+    backup carries the tails' value back into the heads that end where tails begin, and must beat
+    return-to-go beyond noise (disjoint Wilson 95% intervals) at CI size on base_goto_red."""
+    from qsft_robot.benchmark import BenchSpec, run_benchmark
+    spec = BenchSpec(tasks=["base_goto_red"], seeds=[0], episodes=CI_SEGMENTS["episodes"], quality="segments",
+                     bc_steps=CI_SEGMENTS["bc_steps"], q_steps=CI_SEGMENTS["q_steps"], eval_episodes=30,
+                     eval_seed=5000)
+    res = run_benchmark(spec, tmp_path)
+    rows = res["tasks"]["base_goto_red"]["rows"]
+    report("segments benchmark (CI size: base_goto_red, " + ", ".join(f"{k} {v}" for k, v in CI_SEGMENTS.items())
+           + ", 30 eval episodes): " + ", ".join(f"{m} {rows[m]['mean']:.2f} {[round(x, 2) for x in rows[m]['ci95']]}"
+                                                 for m in rows))
+    assert rows["qsft_n_step"]["ci95"][0] > rows["qsft_return_to_go"]["ci95"][1], rows
+    assert rows["qsft_n_step"]["ci95"][0] > rows["filtered_bc"]["ci95"][1], rows
+
+
+CI_SEGMENTS = {"episodes": 200, "bc_steps": 400, "q_steps": 600}
+
+
 def test_value_probe_separates_successful_from_failed_first_actions(tmp_path, episodes):
     """train/value_probe.py: with calibrated (return-to-go) targets the logged first actions of failed
     episodes lose value against those of successful ones within a few dozen steps, and the run logs
