@@ -80,13 +80,22 @@ def random_mdp(seed: int, num_states=4, num_bins=3, behaviour="random", gamma=0.
     return TokenMDP(S, B, p_success, p_fail, p_next, start, pi1, pi2, gamma)
 
 
+def behaviour_step(mdp: TokenMDP, rng: np.random.Generator, s: int, cont: np.ndarray) -> tuple[int, int, int]:
+    """One env step of the behaviour policy from state s: its two tokens and the outcome (0 success,
+    1 failure, 2 + s' continue to s')."""
+    b1 = rng.choice(mdp.num_bins, p=mdp.pi1[s])
+    b2 = rng.choice(mdp.num_bins, p=mdp.pi2[s, b1])
+    probs = np.concatenate([[mdp.p_success[s, b1, b2], mdp.p_fail[s, b1, b2]], cont[s, b1, b2]])
+    return b1, b2, rng.choice(mdp.num_states + 2, p=probs / probs.sum())
+
+
 def sample_dataset(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 20) -> dict[str, np.ndarray]:
     """Token transitions (state, action, reward, discount, next_state) from the behaviour policy.
 
     Episodes longer than `horizon` are truncated: not terminal, so they bootstrap.
     """
     rng = np.random.default_rng(seed)
-    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    S, g = mdp.num_states, mdp.gamma
     cont = mdp.continue_probs()
     rows = []
     returns = []  # discounted return-to-go of each row's env step (both tokens of a step share it)
@@ -94,10 +103,7 @@ def sample_dataset(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 20) -
         first = len(rows)
         s = rng.choice(S, p=mdp.start)
         for _t in range(horizon):
-            b1 = rng.choice(B, p=mdp.pi1[s])
-            b2 = rng.choice(B, p=mdp.pi2[s, b1])
-            probs = np.concatenate([[mdp.p_success[s, b1, b2], mdp.p_fail[s, b1, b2]], cont[s, b1, b2]])
-            o = rng.choice(S + 2, p=probs / probs.sum())
+            b1, b2, o = behaviour_step(mdp, rng, s, cont)
             rows.append((s, b1, 0.0, 1.0, mdp.tok2(s, b1)))
             if o == 0:
                 rows.append((mdp.tok2(s, b1), b2, 1.0, 0.0, 0))
@@ -237,16 +243,13 @@ def sample_steps(mdp: TokenMDP, episodes: int, seed: int, horizon: int = 200) ->
     last row of an episode points at itself). The horizon is long enough that no episode is cut
     (asserted): the n-step fixed point below assumes every episode ends by success or failure."""
     rng = np.random.default_rng(seed)
-    S, B = mdp.num_states, mdp.num_bins
+    S = mdp.num_states
     cont = mdp.continue_probs()
     s_, b1_, b2_, r_, done_, nxt_ = [], [], [], [], [], []
     for _ in range(episodes):
         s = rng.choice(S, p=mdp.start)
         for _t in range(horizon):
-            b1 = rng.choice(B, p=mdp.pi1[s])
-            b2 = rng.choice(B, p=mdp.pi2[s, b1])
-            probs = np.concatenate([[mdp.p_success[s, b1, b2], mdp.p_fail[s, b1, b2]], cont[s, b1, b2]])
-            o = rng.choice(S + 2, p=probs / probs.sum())
+            b1, b2, o = behaviour_step(mdp, rng, s, cont)
             s_.append(s), b1_.append(b1), b2_.append(b2), r_.append(float(o == 0)), done_.append(o < 2)
             nxt_.append(len(s_) - 1 if o < 2 else len(s_))
             if o < 2:
