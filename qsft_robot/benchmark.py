@@ -1,7 +1,7 @@
 """Offline-RL benchmark: BC vs filtered BC vs Q-SFT on the same mixed-quality sim data, same model.
 
 Per task: collect one dataset (scripted operators of a quality preset), then for every training seed
-train BC ("sft") and filtered BC on it, and one Q-SFT run per recipe (Q_RECIPES) with pi_beta = that
+train BC ("sft") and filtered BC on it, and one Q-SFT run per recipe (algo/recipes.py) with pi_beta = that
 seed's BC model (frozen, docs/design.md §2.3's frozen variant; theta and theta_bar start from it), and
 evaluate every policy in closed loop on the same held-out episode seeds. With `multitask`, the methods
 train once per seed on the union of the tasks' datasets (one policy; the instruction tells the tasks
@@ -18,27 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from qsft_robot.algo.recipes import BASE_SETS, Q_LABELS, Q_RECIPES
+
 logger = logging.getLogger(__name__)
 BC_METHODS = ("sft", "filtered_bc")
-# Q-SFT recipes, each trained on top of a seed's BC model (pi_beta = that model, frozen; theta and theta_bar start
-# from it), chosen on held-out eval seeds (5000+) only (docs/results.md: how each setting was chosen).
-# - return_to_go: w = the logged discounted return (the logged policy's own value: calibrated, but it cannot join
-#   pieces of episodes); failed ends terminal.
-# - n_step: every token of a step shares w = n logged rewards + gamma^n V(s_t+n), V the expected max of Q over N
-#   draws from pi_beta (EMaQ) at s_t+n's prompt: a Bellman backup that carries value across episodes; cut logs
-#   bootstrap (data.end_is_terminal stays false).
-# Both: episode-weighted batches (failures run the whole time limit, so uniform frames are mostly failures) and
-# acting on every bin pi_beta gives > 1e-4 (a 5% cut drops the better mode where pi_beta is flat).
-Q_RECIPES = {
-    "n_step": ["algo.target=n_step", "algo.n_step=5", "algo.next_value=expectation", "algo.polyak_alpha=0.05",
-               "algo.gamma=0.9", "train.sampling=episode"],
-    "return_to_go": ["algo.target=return_to_go", "data.end_is_terminal=true", "algo.gamma=0.9",
-                     "train.sampling=episode"],
-}
-Q_LABELS = {"n_step": "Q-SFT (n-step)", "return_to_go": "Q-SFT (return-to-go)"}
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", **{f"qsft_{k}": v for k, v in Q_LABELS.items()}}
-# every method's training settings (compact model, CPU budget); spec.overrides come after these
-BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", "algo.label_sigma=4"]
 
 
 def methods(spec: "BenchSpec | dict") -> tuple[str, ...]:
@@ -58,7 +42,7 @@ class BenchSpec:
     eval_episodes: int = 50
     eval_seed: int = 1000           # held-out: data uses seeds from 0, tuning used 5000+
     overrides: list = field(default_factory=list)    # applied to every run, e.g. algo.num_bins=32
-    q_recipes: list = field(default_factory=lambda: list(Q_RECIPES))  # Q-SFT runs per seed (Q_RECIPES)
+    q_recipes: list = field(default_factory=lambda: list(Q_RECIPES))  # Q-SFT runs per seed (algo/recipes.py)
     q_overrides: list = field(default_factory=list)  # every Q-SFT run, after its recipe's settings
     config: str = ""                # YAML config every run starts from ("": the defaults)
     multitask: bool = False         # one policy per method and seed over all tasks' data, evaluated per task

@@ -10,16 +10,19 @@ import logging
 import time
 from pathlib import Path
 
+from qsft_robot.algo.recipes import BASE_SETS, DEFAULT_RECIPE, Q_RECIPES
 from qsft_robot.config import load_config
 
 logger = logging.getLogger(__name__)
 
 FULL = {"episodes": 200, "steps": 1000, "q_steps": 1000, "eval_episodes": 50}
 QUICK = {"episodes": 40, "steps": 30, "q_steps": 15, "eval_episodes": 10}
-# what configs/demo.yaml says, applied when no --config is given (an installed package has no configs/)
-RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=base_goto_red", "algo.num_bins=32",
-          "train.lr=0.001", "data.end_is_terminal=true", "algo.target=return_to_go",
-          "algo.gamma=0.9", "algo.label_sigma=4"]
+# Q-SFT's batches only: BC samples frames as the benchmark's BC does
+_Q_ONLY = ("train.sampling=",)
+# what configs/demo.yaml says, applied when no --config is given (an installed package has no configs/): the
+# benchmark's settings and its default Q-SFT recipe
+RECIPE = ["collect.task=base_goto_red", "collect.quality=biased", "eval.task=base_goto_red", *BASE_SETS,
+          *(s for s in Q_RECIPES[DEFAULT_RECIPE] if not s.startswith(_Q_ONLY))]
 
 
 def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str | None = None,
@@ -48,8 +51,8 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, config: str 
         t1 = time.perf_counter()
         sets = [f"data.path={data_dir}", f"algo.name={algo}", f"train.out_dir={out / algo}",
                 f"train.steps={size['steps'] if algo == 'sft' else size['q_steps']}"]
-        if algo == "qsft":  # on top of the BC model, with episode-weighted batches (as the benchmark's Q-SFT)
-            sets += [f"algo.behavior_init={sft_ckpt}", "train.sampling=episode"]
+        if algo == "qsft":  # on top of the BC model, with the recipe's batches (as the benchmark's Q-SFT)
+            sets += [f"algo.behavior_init={sft_ckpt}", *(s for s in Q_RECIPES[DEFAULT_RECIPE] if s.startswith(_Q_ONLY))]
         cfg = load_config(config, [*sets, *overrides])
         from qsft_robot.train.trainer import train
         ckpt = train(cfg)
