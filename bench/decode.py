@@ -102,7 +102,7 @@ def main():
     ap.add_argument("--bins", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--presets", nargs="+", default=["tiny"],
-                    help="compact presets: tiny (default, EfficientNet tower), tiny_scratch (earlier default)")
+                    help="tiny presets: tiny (default, EfficientNet tower), tiny_scratch (tower trained from scratch)")
     ap.add_argument("--archs", nargs="*", default=None, help="small-config architectures (default: all)")
     a = ap.parse_args()
     eps = episodes()
@@ -146,7 +146,7 @@ def _policy(eps, a, preset: str):
     import shutil
     run = OUT / f"decode_run_{preset}"
     shutil.rmtree(run, ignore_errors=True)  # a 1-step throwaway run: never resume one made by older code
-    config = TINY_SCRATCH_CONFIG if preset == "tiny_scratch" else None  # the earlier default's image size and LM
+    config = TINY_SCRATCH_CONFIG if preset == "tiny_scratch" else None  # configs/model_tiny_scratch.yaml
     ckpt = train(load_config(config, [f"train.out_dir={run}", "train.steps=1",
                                       "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
     pol = load_policy(ckpt, device=a.device)

@@ -166,7 +166,7 @@ def _run_seeds(spec: BenchSpec, jobs: list[tuple]):
     """`_seed_run` for every job (its arguments after spec): yields the results in job order, each as soon
     as it and those before it are done. With spec.workers > 1 the jobs run in that many processes at once,
     each with its share of the cores: one training or evaluation process keeps ~1 core busy (Meta-World
-    button-press-topdown: 26-31 min a seed in a row on the README's 2-core machine), and the seeds are
+    button-press-topdown: 26-31 min a seed in a row on a 2-core machine), and the seeds are
     independent. Spawned, as in collection: a forked child would inherit the EGL renderer state."""
     if spec.workers <= 1 or len(jobs) <= 1:
         for job in jobs:

@@ -220,7 +220,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_demo_and_qvalues(sub) -> None:
-    p = sub.add_parser("demo", help="collect -> train Q-SFT and SFT -> evaluate, on the embedded default")
+    p = sub.add_parser("demo", help="collect -> train SFT, then Q-SFT on it -> evaluate both (tiny model)")
     _config_args(p)
     p.add_argument("--quick", action="store_true", help="~2 minute smoke version")
     p.add_argument("--out", default="outputs/demo")

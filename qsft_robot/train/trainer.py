@@ -379,8 +379,8 @@ def end_distributed() -> None:
     """Leave the process group cleanly at the end of a multi-process run: every rank waits for the others
     (rank 0 may still be writing the last checkpoint), then the group is destroyed. Without it, a rank
     whose interpreter shuts down while gloo's threads still run aborts with "terminate called without an
-    active exception" (exit -6; seen once in CI on a loaded 2-core machine) and torchrun reports a failure
-    after a finished run."""
+    active exception" (exit -6, more likely on a loaded machine) and torchrun reports a failure after a
+    finished run."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
