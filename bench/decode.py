@@ -66,8 +66,9 @@ def measure(adapter, imgs, instr, st, repeat: int, mode: str = "argmax_q", behav
     """Seconds per batch: uncached decode, cached decode, the limit (and prompt encoding alone)."""
     kw = dict(mode=mode, behavior_model=behavior_model, support_eps=support_eps)
     batch = adapter.encode(imgs, instr, st)
-    need_behavior = mode == "paper" or support_eps is not None
-    models = ([behavior_model] if mode == "sft" else [adapter.model]) + ([behavior_model] if need_behavior else [])
+    need_behavior = mode == "tilted_behavior" or support_eps is not None
+    first = behavior_model if mode == "argmax_behavior" else adapter.model
+    models = [first] + ([behavior_model] if need_behavior else [])
     def module_step():
         adapter.fast_step = False
         try:
@@ -109,11 +110,11 @@ def main():
     rows = []
     for preset in a.presets:
         pol = _policy(eps, a, preset)
-        # what the robot runs (Policy.act_tokens: argmax_q within pi_beta's support), theta alone, paper
+        # what the robot runs (Policy.act_tokens: argmax_q within pi_beta's support), theta alone, tilted_behavior
         variants = [("argmax_q+support", dict(mode="argmax_q", behavior_model=pol.behavior_model,
                                               support_eps=pol.support_eps)),
                     ("argmax_q", dict(mode="argmax_q")),
-                    ("paper", dict(mode="paper", behavior_model=pol.behavior_model))]
+                    ("tilted_behavior", dict(mode="tilted_behavior", behavior_model=pol.behavior_model))]
         for n in a.batch:
             imgs, instr, st = _inputs(eps, n)
             for name, kw in variants:

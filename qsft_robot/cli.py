@@ -42,10 +42,23 @@ def _flag_args(p: argparse.ArgumentParser, flags: dict, helps: dict | None = Non
 
     for flag, key in flags.items():
         typ, default = describe(key)
-        kw = {"choices": typing.get_args(typ)} if typing.get_origin(typ) is typing.Literal else \
-            {"type": typ if typ in (int, float) else str}
+        kw = {"choices": typing.get_args(typ), "type": _renamed_refused(key)} \
+            if typing.get_origin(typ) is typing.Literal else {"type": typ if typ in (int, float) else str}
         extra = (helps or {}).get(flag, f" (default {default})")
         p.add_argument("--" + flag.replace("_", "-"), help=f"{key}{extra}", **kw)
+
+
+def _renamed_refused(key: str):
+    """argparse type of a choice flag: a renamed value is refused with its new name (argparse's own message
+    would only list the choices)."""
+    from qsft_robot.config import RENAMED_VALUES
+
+    def parse(value: str) -> str:
+        new = RENAMED_VALUES.get(key, {}).get(value)
+        if new is not None:
+            raise argparse.ArgumentTypeError(f"{value!r} was renamed {new!r}")
+        return value
+    return parse
 
 
 def _load(a, flags: dict):
@@ -103,7 +116,7 @@ def cmd_eval(a) -> int:
     cfg = _load(a, EVAL_FLAGS)
     e = cfg.eval
     # eval.mode when asked for (--mode, or a value other than its default); otherwise every checkpoint acts
-    # as its algorithm does (argmax_q for Q-SFT, sft for the BC baselines)
+    # as its algorithm does (argmax_q for Q-SFT, argmax_behavior for the BC baselines)
     mode = e.mode if a.mode is not None or e.mode != RunConfig().eval.mode else None
     summaries = []
     for ckpt in a.checkpoints:

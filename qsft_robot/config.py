@@ -20,11 +20,30 @@ class ConfigError(ValueError):
 
 
 Algorithm = Literal["qsft", "sft", "filtered_bc"]      # algo.name
-ActingMode = Literal["argmax_q", "paper", "sft"]       # eval.mode, the ROS node's mode (docs/design.md §2.6)
+# eval.mode, the ROS node's mode (docs/design.md §2.6): argmax_q = greedy on p_theta within pi_beta's support;
+# tilted_behavior = pi_beta * exp(beta p_theta); argmax_behavior = greedy on pi_beta alone (BC checkpoints)
+ActingMode = Literal["argmax_q", "tilted_behavior", "argmax_behavior"]
 DataFormatName = Literal["auto", "lerobot", "robomimic", "aloha", "hdf5"]  # data.format (data/sources.py)
 ALGORITHMS: tuple[str, ...] = typing.get_args(Algorithm)
 ACTING_MODES: tuple[str, ...] = typing.get_args(ActingMode)
 DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormatName)
+# values that were renamed: given by a user (YAML, --set, a flag, a ROS parameter) they are refused with the new
+# name, so a script never silently keeps meaning something else
+RENAMED_VALUES: dict[str, dict[str, str]] = {"eval.mode": {"paper": "tilted_behavior", "sft": "argmax_behavior"}}
+
+
+def check_acting_mode(mode: str) -> str:
+    """`mode` if it is an acting mode; else ValueError naming the choices (and the new name of a renamed one)."""
+    if mode not in ACTING_MODES:
+        raise ValueError(_not_allowed("acting mode", "eval.mode", mode, ACTING_MODES))
+    return mode
+
+
+def _not_allowed(what: str, key: str, value, allowed) -> str:
+    new = RENAMED_VALUES.get(key, {}).get(value)
+    if new is not None:
+        return f"{what} {value!r} was renamed {new!r}"
+    return f"{what} {value!r} is not one of {', '.join(map(str, allowed))}"
 
 
 @dataclass
@@ -167,7 +186,7 @@ def _coerce(value, typ, key):
             # (train.mixed_precision: no) mean the word itself
             value = "yes" if value else "no"
         if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
+            raise ConfigError(_not_allowed(f"config key '{key}':", key, value, allowed))
         return value
     if origin in (list, dict):
         if isinstance(value, str):

@@ -39,6 +39,25 @@ def test_a_bad_choice_names_the_key_and_the_choices():
             assert getattr(cfg.train, key) in typing.get_args(typ)
 
 
+@pytest.mark.parametrize("old, new", [("paper", "tilted_behavior"), ("sft", "argmax_behavior")])
+def test_a_renamed_acting_mode_is_refused_with_its_new_name(tmp_path, capsys, old, new):
+    from qsft_robot.algo.policy import Policy
+    from qsft_robot.cli import main
+
+    with pytest.raises(ConfigError, match=f"config key 'eval.mode': '{old}' was renamed '{new}'"):
+        load_config(None, [f"eval.mode={old}"])
+    yml = tmp_path / "c.yaml"
+    yml.write_text(f"eval:\n  mode: {old}\n")
+    with pytest.raises(ConfigError, match=f"was renamed '{new}'"):
+        load_config(yml)
+    with pytest.raises(SystemExit):
+        main(["eval", "runs/x", "--mode", old])
+    assert f"'{old}' was renamed '{new}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"acting mode '{old}' was renamed '{new}'"):
+        Policy(adapter=None, mode=old)   # what the ROS node's `mode` parameter reaches
+    assert load_config(None, [f"eval.mode={new}"]).eval.mode == new
+
+
 @pytest.mark.parametrize("command, flags, section", [(["collect", "--out", "x"], COLLECT_FLAGS, "collect"),
                                                      (["eval", "runs/x"], EVAL_FLAGS, "eval")])
 def test_collect_and_eval_read_the_config_like_train(tmp_path, command, flags, section):

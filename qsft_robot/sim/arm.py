@@ -9,7 +9,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from qsft_robot.sim.core import COLORS, MujocoTask
+from qsft_robot.sim.mujoco_task import COLORS, MujocoTask
 
 BLOCKS = ("red", "green", "blue")
 TABLE_X, TABLE_Y = (-0.22, 0.22), (-0.18, 0.18)

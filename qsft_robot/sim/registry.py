@@ -28,5 +28,5 @@ def make_task(name: str, **kw):
     if family == "arm":
         from qsft_robot.sim.arm import ArmTask
         return ArmTask(**{**defaults, **kw})
-    from qsft_robot.sim.base import BaseTask
-    return BaseTask(**{**defaults, **kw})
+    from qsft_robot.sim.mobile_base import MobileBaseTask
+    return MobileBaseTask(**{**defaults, **kw})

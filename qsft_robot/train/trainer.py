@@ -282,7 +282,7 @@ class Trainer:
 
         e = self.cfg.eval
         self.nets.theta.eval()
-        mode = e.mode if self.qsft else "sft"
+        mode = e.mode if self.qsft else "argmax_behavior"
         support = self.cfg.algo.support_eps if self.qsft and mode == "argmax_q" else None
         policy = Policy(self.adapter, behavior_model=self.nets.pi_beta if self.qsft else None, mode=mode,
                         beta=e.beta, support_eps=support)

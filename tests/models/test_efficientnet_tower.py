@@ -227,7 +227,7 @@ def test_training_sim_eval_and_ros_normalise_a_frame_identically(tmp_path, episo
     seen = []
     tower = tr.model.model.vision_tower
     hook = tower.register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].clone()), with_kwargs=True)
-    policy = Policy(tr.adapter, mode="sft")
+    policy = Policy(tr.adapter, mode="argmax_behavior")
     policy.act(raw[None, None], [episodes[0].instruction], episodes[0].state[i:i + 1])         # sim eval path
     msg = rgb_to_image_fields(raw, "bgr8")
     ros_frame = image_to_rgb(msg["encoding"], msg["height"], msg["width"], msg["step"], msg["data"])
