@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import draccus
 import yaml
+from draccus.utils import DecodingError
 
 
 class ConfigError(ValueError):
@@ -177,39 +179,16 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
 
 
-def _coerce(value, typ, key):
-    origin = typing.get_origin(typ) or typ
-    if origin is Literal:
-        allowed = typing.get_args(typ)
-        if isinstance(value, bool) and not any(isinstance(x, bool) for x in allowed):
-            # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the keys that accept such words
-            # (train.mixed_precision: no) mean the word itself
-            value = "yes" if value else "no"
-        if value not in allowed:
-            raise ConfigError(_not_allowed(f"config key '{key}':", key, value, allowed))
-        return value
-    if origin in (list, dict):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, origin):
-            raise ConfigError(f"config key '{key}': expected {origin.__name__}, got {value!r}")
-        return value
-    if typ is bool:
-        if isinstance(value, str):
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected a boolean, got {value!r}")
-    if typ is str and isinstance(value, bool):
-        return "yes" if value else "no"  # as for Literal keys above
-    try:
-        return typ(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from e
+def _choice(value, typ, key: str):
+    """A value of a choice key (a Literal field), checked against its declaration."""
+    allowed = typing.get_args(typ)
+    if isinstance(value, bool) and not any(isinstance(x, bool) for x in allowed):
+        # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the keys that accept such words
+        # (train.mixed_precision: no) mean the word itself
+        value = "yes" if value else "no"
+    if value not in allowed:
+        raise ConfigError(_not_allowed(f"config key '{key}':", key, value, allowed))
+    return value
 
 
 def _field_types(obj, prefix: str = "") -> dict:
@@ -238,41 +217,41 @@ def describe(key: str) -> tuple:
     return _field_types(RunConfig())[key], getattr(getattr(RunConfig(), section), name)
 
 
-def _fill(obj, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if k not in names:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
-        cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise ConfigError(f"config key '{key}' must be a mapping")
-            _fill(cur, v, key + ".")
-        else:
-            setattr(obj, k, _coerce(v, hints[k], key))
-    return obj
+# draccus decodes Literal fields only from 0.11 on, and LeRobot pins 0.10: `_choice` checks every choice key with
+# this module's messages, so draccus passes their values through
+for _typ in {t for t in _field_types(RunConfig()).values() if typing.get_origin(t) is Literal}:
+    draccus.decode.register(_typ, lambda value: value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = RunConfig()
+    """The defaults, then the YAML file, then each `key=value` override (its value read as YAML); draccus
+    decodes the merged mapping into the dataclasses (types, unknown keys), `validate` checks the rest."""
+    data: dict = {}
     if path:
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise ConfigError(f"config file not found: {path}")
-        _fill(cfg, yaml.safe_load(path.read_text()) or {})
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file is a mapping of sections (model:, algo:, ...)")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override must look like key=value, got {item!r}")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        nested: dict = {}
-        cur = nested
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(value)
-        _fill(cfg, nested)
+        *sections, name = key.strip().split(".")
+        cur = data
+        for section in sections:
+            cur = cur.setdefault(section, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"config key '{section}' must be a mapping")
+        cur[name] = yaml.safe_load(value)
+    for key, typ in _field_types(RunConfig()).items():   # choice keys first: YAML's bare no, renamed values
+        section, name = key.split(".")
+        if typing.get_origin(typ) is Literal and isinstance(data.get(section), dict) and name in data[section]:
+            data[section][name] = _choice(data[section][name], typ, key)
+    try:
+        cfg = draccus.decode(RunConfig, data)
+    except DecodingError as e:   # names the key: "`algo`: The fields `bogus` are not valid for AlgoConfig"
+        raise ConfigError(f"config: {e}") from None
     validate(cfg)
     return cfg
 
@@ -281,7 +260,7 @@ def validate(cfg: RunConfig) -> None:
     for key, typ in _field_types(cfg).items():  # every choice key, also on a config built in code
         if typing.get_origin(typ) is Literal:
             section, name = key.split(".")
-            _coerce(getattr(getattr(cfg, section), name), typ, key)
+            _choice(getattr(getattr(cfg, section), name), typ, key)
     checks = [
         ("algo.expectile", 0.0 < cfg.algo.expectile < 1.0),
         ("algo.gamma", 0.0 <= cfg.algo.gamma <= 1.0),

@@ -43,7 +43,7 @@ def test_collect_train_eval_inspect(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "{tmp}/nope", "--out", "{tmp}/r"], "dataset not found"),
-    (["train", "--data", "{tmp}", "--set", "algo.bogus=1"], "algo.bogus"),
+    (["train", "--data", "{tmp}", "--set", "algo.bogus=1"], "`bogus` are not valid for AlgoConfig"),
     (["eval", "{tmp}/missing_ckpt"], "no usable checkpoint")])
 def test_clear_errors(tmp_path, capsys, args, message):
     """A user's mistake is exit status 2 and one line on stderr that names it (in process: `main` is what

@@ -34,6 +34,12 @@ def test_a_bad_choice_names_the_key_and_the_choices():
     with pytest.raises(ConfigError, match="eval.mode"):
         validate(cfg)
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML's bare no
+    with pytest.raises(ConfigError, match="`train.steps`: Couldn't parse 'abc' into an int"):
+        load_config(None, ["train.steps=abc"])
+    with pytest.raises(ConfigError, match="`algo`: The fields `bogus` are not valid"):
+        load_config(None, ["algo.bogus=1"])
+    got = load_config(None, ["model.lora_targets=[q_proj, v_proj]", "algo.per_dim_bins={3: 2}", "train.lr=1e-3"])
+    assert (got.model.lora_targets, got.algo.per_dim_bins, got.train.lr) == (["q_proj", "v_proj"], {3: 2}, 1e-3)
     for key, typ in typing.get_type_hints(type(cfg.train)).items():
         if typing.get_origin(typ) is typing.Literal:
             assert getattr(cfg.train, key) in typing.get_args(typ)
