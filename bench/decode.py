@@ -119,7 +119,7 @@ def main():
             imgs, instr, st = _inputs(eps, n)
             for name, kw in variants:
                 rows.append(row([preset, name], n, measure(pol.adapter, imgs, instr, st, a.repeat, **kw)))
-    table(f"decode: actions/s from camera frames (image tower included), compact model (D=4, B={a.bins}), "
+    table(f"decode: actions/s from camera frames (image tower included), tiny model (D=4, B={a.bins}), "
           f"{_flags(a)} — {machine()}", ["preset", "mode", *COLS], rows)
     arch_table(eps, a, pol.action_tokenizer)
 

@@ -37,7 +37,7 @@ Q_RECIPES = {
 }
 Q_LABELS = {"n_step": "Q-SFT (n-step)", "return_to_go": "Q-SFT (return-to-go)"}
 LABELS = {"sft": "BC", "filtered_bc": "filtered BC", **{f"qsft_{k}": v for k, v in Q_LABELS.items()}}
-# every method's training settings (compact model, CPU budget); spec.overrides come after these
+# every method's training settings (tiny model, CPU budget); spec.overrides come after these
 BASE_SETS = ["algo.num_bins=32", "train.lr=0.001", "train.warmup_steps=50", "algo.label_sigma=4"]
 
 
