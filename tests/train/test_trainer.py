@@ -95,6 +95,20 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, episodes, caplog):
     assert "unusable" in caplog.text
 
 
+def test_a_checkpoint_saved_with_a_renamed_acting_mode_loads_and_resumes(tmp_path, episodes):
+    """Renamed values are refused where a user types them, never in a checkpoint written before the rename."""
+    import yaml
+
+    from qsft_robot.algo.policy import load_policy
+
+    ckpt = Trainer(cfg_for(tmp_path, algo="sft", steps=2), episodes).train()
+    saved = yaml.safe_load((ckpt / "qsft_config.yaml").read_text())
+    saved["eval"]["mode"] = "sft"
+    (ckpt / "qsft_config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_policy(ckpt).mode == "argmax_behavior"
+    assert Trainer(cfg_for(tmp_path, algo="sft", steps=2), episodes).step == 2
+
+
 @pytest.mark.gpu
 def test_training_and_cached_decode_on_cuda(tmp_path, episodes):
     """The CPU checks above on a CUDA device: Q-SFT trains under bf16 autocast, the checkpoint acts on CUDA,
