@@ -40,5 +40,5 @@ def machine():
 
 
 OUT = Path(os.environ.get("QSFT_BENCH_OUT", "outputs/bench"))
-# the earlier compact default as one config file, so every bench compares against the same model
+# tiny_scratch as one config file, so every bench compares against the same model
 TINY_SCRATCH_CONFIG = str(Path(__file__).parents[1] / "configs" / "model_tiny_scratch.yaml")

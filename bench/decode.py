@@ -66,8 +66,9 @@ def measure(adapter, imgs, instr, st, repeat: int, mode: str = "argmax_q", behav
     """Seconds per batch: uncached decode, cached decode, the limit (and prompt encoding alone)."""
     kw = dict(mode=mode, behavior_model=behavior_model, support_eps=support_eps)
     batch = adapter.encode(imgs, instr, st)
-    need_behavior = mode == "paper" or support_eps is not None
-    models = ([behavior_model] if mode == "sft" else [adapter.model]) + ([behavior_model] if need_behavior else [])
+    need_behavior = mode == "tilted_behavior" or support_eps is not None
+    first = behavior_model if mode == "argmax_behavior" else adapter.model
+    models = [first] + ([behavior_model] if need_behavior else [])
     def module_step():
         adapter.fast_step = False
         try:
@@ -102,23 +103,23 @@ def main():
     ap.add_argument("--bins", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--presets", nargs="+", default=["tiny"],
-                    help="compact presets: tiny (default, EfficientNet tower), tiny_scratch (earlier default)")
+                    help="tiny presets: tiny (default, EfficientNet tower), tiny_scratch (tower trained from scratch)")
     ap.add_argument("--archs", nargs="*", default=None, help="small-config architectures (default: all)")
     a = ap.parse_args()
     eps = episodes()
     rows = []
     for preset in a.presets:
         pol = _policy(eps, a, preset)
-        # what the robot runs (Policy.act_tokens: argmax_q within pi_beta's support), theta alone, paper
+        # what the robot runs (Policy.act_tokens: argmax_q within pi_beta's support), theta alone, tilted_behavior
         variants = [("argmax_q+support", dict(mode="argmax_q", behavior_model=pol.behavior_model,
                                               support_eps=pol.support_eps)),
                     ("argmax_q", dict(mode="argmax_q")),
-                    ("paper", dict(mode="paper", behavior_model=pol.behavior_model))]
+                    ("tilted_behavior", dict(mode="tilted_behavior", behavior_model=pol.behavior_model))]
         for n in a.batch:
             imgs, instr, st = _inputs(eps, n)
             for name, kw in variants:
                 rows.append(row([preset, name], n, measure(pol.adapter, imgs, instr, st, a.repeat, **kw)))
-    table(f"decode: actions/s from camera frames (image tower included), compact model (D=4, B={a.bins}), "
+    table(f"decode: actions/s from camera frames (image tower included), tiny model (D=4, B={a.bins}), "
           f"{_flags(a)} — {machine()}", ["preset", "mode", *COLS], rows)
     arch_table(eps, a, pol.action_tokenizer)
 
@@ -146,7 +147,7 @@ def _policy(eps, a, preset: str):
     import shutil
     run = OUT / f"decode_run_{preset}"
     shutil.rmtree(run, ignore_errors=True)  # a 1-step throwaway run: never resume one made by older code
-    config = TINY_SCRATCH_CONFIG if preset == "tiny_scratch" else None  # the earlier default's image size and LM
+    config = TINY_SCRATCH_CONFIG if preset == "tiny_scratch" else None  # configs/model_tiny_scratch.yaml
     ckpt = train(load_config(config, [f"train.out_dir={run}", "train.steps=1",
                                       "train.batch_size=4", f"algo.num_bins={a.bins}", f"model.preset={preset}"]), eps)
     pol = load_policy(ckpt, device=a.device)

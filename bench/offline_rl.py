@@ -1,4 +1,4 @@
-"""BC vs filtered BC vs Q-SFT on mixed-quality MuJoCo data: the README's Results table and chart.
+"""BC vs filtered BC vs Q-SFT on mixed-quality MuJoCo data: docs/results.md's benchmark table and chart.
 
     python bench/offline_rl.py [--tasks arm_reach_red base_goto_red] [--seeds 0 1 2] [--out outputs/offline_rl]
 

@@ -1,9 +1,9 @@
 """Seconds per training step on the default model and batch: SFT vs Q-SFT (joint pi_beta) vs Q-SFT
 (frozen, cached pi_beta; per-token Bellman, n-step and return-to-go targets), measured in one run; ratios
-against the default's SFT step, and the earlier default (`tiny_scratch`: CLIP-style tower trained from
-scratch, no feature cache, 3 x 192 language model) as a baseline row, and the default's earlier forms: its
-2 x 128 language model, and the stride-16 4 x 4 map at 64 px (16 image tokens, no position code) with the
-previous 2 x 128 and the first 3 x 192 language models.
+against the default's SFT step and against `tiny_scratch` (CLIP-style tower trained from scratch, no feature
+cache, 3 x 192 language model) as a baseline row, and the configurations docs/results.md compares: a 2 x 128
+language model, and the stride-16 4 x 4 map at 64 px (16 image tokens, no position code) with 2 x 128 (S16) and
+3 x 192 (S16-L192) language models.
 The language model is ~90% of a step once the tower's features are cached and its matrix products are
 most of that, so a step's cost follows (image + prompt tokens) x width^2.
 
@@ -34,13 +34,13 @@ def main():
     from qsft_robot.train.trainer import Trainer
 
     eps = episodes(n=24)
-    scratch = "sft, tiny_scratch (earlier default)"   # configs/model_tiny_scratch.yaml
+    scratch = "sft, tiny_scratch"   # configs/model_tiny_scratch.yaml
     variants = {scratch: ["algo.name=sft"],
                 "sft": ["algo.name=sft"],
                 "sft, 2 x 128 language model": ["algo.name=sft", "model.text_hidden=128"],
-                "sft, stride-16 4 x 4 map at 64 px, 2 x 128 (the previous default)": ["algo.name=sft", *STRIDE16,
-                                                                                     "model.text_hidden=128"],
-                "sft, stride-16 map, 3 x 192 language model (the tower's first default)": [
+                "sft, S16: stride-16 4 x 4 map at 64 px, 2 x 128": [
+                    "algo.name=sft", *STRIDE16, "model.text_hidden=128"],
+                "sft, S16-L192: stride-16 map, 3 x 192": [
                     "algo.name=sft", *STRIDE16, "model.text_hidden=192", "model.text_layers=3"],
                 "qsft joint": ["algo.name=qsft", "algo.behavior=joint"],
                 "qsft frozen+cached, bellman per token (theta_bar over P_t and P_t+1)": [
@@ -64,10 +64,10 @@ def main():
         for _ in range(a.steps):
             tr.train_step()
         times[name] = (time.perf_counter() - t) / a.steps
-    earlier = times[scratch]
-    rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x", f"{v / earlier:.2f}x"] for k, v in times.items()]
+    baseline = times[scratch]
+    rows = [[k, f"{v:.3f}", f"{v / times['sft']:.2f}x", f"{v / baseline:.2f}x"] for k, v in times.items()]
     table(f"train step, default model (frozen EfficientNet tower, cached features), batch {a.batch} — {machine()}",
-          ["algorithm", "s/step", "vs SFT", "vs earlier default's SFT"], rows)
+          ["algorithm", "s/step", "vs SFT", "vs tiny_scratch's SFT"], rows)
 
 
 if __name__ == "__main__":

@@ -31,23 +31,35 @@ def methods(spec: "BenchSpec | dict") -> tuple[str, ...]:
     return BC_METHODS + tuple(f"qsft_{r}" for r in recipes)
 
 
+def _opt(default, help: str, **cli):
+    """A BenchSpec field: its default and its help, which the `qsft-robot benchmark` flag shows (cli.py builds
+    one flag per field from these; `cli` may name the flag or make a list flag repeatable)."""
+    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"help": help, **cli}, **kw)
+
+
 @dataclass
 class BenchSpec:
-    tasks: list = field(default_factory=lambda: ["arm_reach_red", "base_goto_red"])
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    episodes: int = 200             # dataset size per task
-    quality: str = "biased"         # see sim/experts.py: Quality presets
-    bc_steps: int = 1000            # BC and filtered BC
-    q_steps: int = 1000             # Q-SFT steps after pi_beta (= the BC run of the same seed)
-    eval_episodes: int = 50
-    eval_seed: int = 1000           # held-out: data uses seeds from 0, tuning used 5000+
-    overrides: list = field(default_factory=list)    # applied to every run, e.g. algo.num_bins=32
-    q_recipes: list = field(default_factory=lambda: list(Q_RECIPES))  # Q-SFT runs per seed (algo/recipes.py)
-    q_overrides: list = field(default_factory=list)  # every Q-SFT run, after its recipe's settings
-    config: str = ""                # YAML config every run starts from ("": the defaults)
-    multitask: bool = False         # one policy per method and seed over all tasks' data, evaluated per task
-    workers: int = 1                # collection processes, and seed runs at once (rendering is most of a
-                                    # Meta-World step; one training process keeps ~1 core busy)
+    tasks: list[str] = _opt(["arm_reach_red", "base_goto_red"], "built-in tasks (sim/registry.py) or "
+                            "metaworld/<env-name>, e.g. metaworld/button-press-topdown-v3 (the metaworld extra)")
+    seeds: list[int] = _opt([0, 1, 2], "training seeds")
+    episodes: int = _opt(200, "dataset size per task")
+    quality: str = _opt("biased", "operator preset of the collected data: biased | stitch | segments | mixed | poor "
+                        "(sim/experts.py)")
+    bc_steps: int = _opt(1000, "BC and filtered BC steps")
+    q_steps: int = _opt(1000, "Q-SFT steps on top of the seed's BC run (its pi_beta)")
+    eval_episodes: int = _opt(50, "closed-loop evaluation episodes per policy")
+    eval_seed: int = _opt(1000, "first evaluation episode seed (data uses seeds from 0; 1000: the reported runs, "
+                          "tune on others, e.g. 5000)")
+    overrides: list[str] = _opt([], "KEY=VALUE for every run, e.g. algo.num_bins=32", flag="--set", repeat=True)
+    q_recipes: list[str] = _opt(list(Q_RECIPES), "Q-SFT runs per seed, each a row (qsft_robot/algo/recipes.py)")
+    q_overrides: list[str] = _opt([], "KEY=VALUE for the Q-SFT runs only, after their recipe's settings",
+                                  flag="--q-set", repeat=True)
+    config: str = _opt("", "YAML config every run starts from (see configs/; empty: the defaults)")
+    multitask: bool = _opt(False, "one policy per method and seed over the union of the tasks' data, evaluated "
+                           "per task")
+    # rendering is most of a Meta-World step; one training process keeps ~1 core busy
+    workers: int = _opt(1, "collection processes, and training seeds run at once")
 
 
 def _train(data: Path, out: Path, algo: str, steps: int, seed: int, sets: list,
@@ -150,7 +162,7 @@ def _run_seeds(spec: BenchSpec, jobs: list[tuple]):
     """`_seed_run` for every job (its arguments after spec): yields the results in job order, each as soon
     as it and those before it are done. With spec.workers > 1 the jobs run in that many processes at once,
     each with its share of the cores: one training or evaluation process keeps ~1 core busy (Meta-World
-    button-press-topdown: 26-31 min a seed in a row on the README's 2-core machine), and the seeds are
+    button-press-topdown: 26-31 min a seed in a row on a 2-core machine), and the seeds are
     independent. Spawned, as in collection: a forked child would inherit the EGL renderer state."""
     if spec.workers <= 1 or len(jobs) <= 1:
         for job in jobs:

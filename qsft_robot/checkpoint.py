@@ -75,8 +75,8 @@ RESUMABLE_CHANGES = {"train.steps", "train.save_every", "train.keep_last", "trai
                      "data.feature_cache", "model.path", "eval", "collect", "reward_rule"}
 
 
-# settings added after the first release whose default has since changed: the value a config saved before
-# the key existed was trained with (today's default would misread those runs)
+# settings whose default differs from the value that code without the key used: a checkpoint config that
+# lacks the key was trained with the value here (the current default would misread those runs)
 LEGACY_VALUES = {"model.text_hidden": 192, "model.text_layers": 3, "algo.label_sigma": 0.0,
                  "model.position_channels": 0}
 
@@ -84,8 +84,8 @@ LEGACY_VALUES = {"model.text_hidden": 192, "model.text_layers": 3, "algo.label_s
 def config_changes(saved: dict, now: dict, defaults: dict | None = None, prefix: str = "") -> list[str]:
     """'key: saved -> now' for every setting that differs between a checkpoint's config and this run's.
 
-    A key the checkpoint does not have (a setting added in a later release) counts as the value the older
-    code used: its LEGACY_VALUES entry, else today's default (`defaults`: the config dataclasses' values)."""
+    A key the checkpoint does not have counts as the value the code that wrote it used: its LEGACY_VALUES
+    entry, else the current default (`defaults`: the config dataclasses' values)."""
     changes = []
     defaults = defaults or {}
     for key in sorted(set(saved) | set(now)):

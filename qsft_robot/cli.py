@@ -8,6 +8,7 @@ declarations.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -42,10 +43,23 @@ def _flag_args(p: argparse.ArgumentParser, flags: dict, helps: dict | None = Non
 
     for flag, key in flags.items():
         typ, default = describe(key)
-        kw = {"choices": typing.get_args(typ)} if typing.get_origin(typ) is typing.Literal else \
-            {"type": typ if typ in (int, float) else str}
+        kw = {"choices": typing.get_args(typ), "type": _renamed_refused(key)} \
+            if typing.get_origin(typ) is typing.Literal else {"type": typ if typ in (int, float) else str}
         extra = (helps or {}).get(flag, f" (default {default})")
         p.add_argument("--" + flag.replace("_", "-"), help=f"{key}{extra}", **kw)
+
+
+def _renamed_refused(key: str):
+    """argparse type of a choice flag: a renamed value is refused with its new name (argparse's own message
+    would only list the choices)."""
+    from qsft_robot.config import RENAMED_VALUES
+
+    def parse(value: str) -> str:
+        new = RENAMED_VALUES.get(key, {}).get(value)
+        if new is not None:
+            raise argparse.ArgumentTypeError(f"{value!r} was renamed {new!r}")
+        return value
+    return parse
 
 
 def _load(a, flags: dict):
@@ -103,7 +117,7 @@ def cmd_eval(a) -> int:
     cfg = _load(a, EVAL_FLAGS)
     e = cfg.eval
     # eval.mode when asked for (--mode, or a value other than its default); otherwise every checkpoint acts
-    # as its algorithm does (argmax_q for Q-SFT, sft for the BC baselines)
+    # as its algorithm does (argmax_q for Q-SFT, argmax_behavior for the BC baselines)
     mode = e.mode if a.mode is not None or e.mode != RunConfig().eval.mode else None
     summaries = []
     for ckpt in a.checkpoints:
@@ -220,7 +234,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_demo_and_qvalues(sub) -> None:
-    p = sub.add_parser("demo", help="collect -> train Q-SFT and SFT -> evaluate, on the embedded default")
+    p = sub.add_parser("demo", help="collect -> train SFT, then Q-SFT on it -> evaluate both (tiny model)")
     _config_args(p)
     p.add_argument("--quick", action="store_true", help="~2 minute smoke version")
     p.add_argument("--out", default="outputs/demo")
@@ -239,30 +253,27 @@ def _add_demo_and_qvalues(sub) -> None:
 
 
 def _add_benchmark(sub) -> None:
+    """One flag per BenchSpec field, typed and described there: a flag left out keeps BenchSpec's default."""
+    import typing
+    from dataclasses import fields
+
+    from qsft_robot.benchmark import BenchSpec
+
     p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
-    # no defaults here: a flag left out keeps benchmark.BenchSpec's (arm_reach_red base_goto_red, seeds 0 1 2,
-    # 200 biased episodes, BC 1000 / Q-SFT 1000 steps, 50 eval episodes from seed 1000, Q-SFT per Q_RECIPES)
-    p.add_argument("--tasks", nargs="+", help="built-in tasks (sim/registry.py) or metaworld/<env-name>, e.g. "
-                   "metaworld/button-press-topdown-v3 (the metaworld extra)")
-    p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--episodes", type=int)
-    p.add_argument("--quality",
-                   help="operator preset of the collected data: biased | stitch | segments | mixed | poor "
-                        "(sim/experts.py)")
-    p.add_argument("--bc-steps", type=int)
-    p.add_argument("--q-steps", type=int)
-    p.add_argument("--eval-episodes", type=int)
-    p.add_argument("--eval-seed", type=int,
-                   help="first evaluation episode seed (1000: the reported runs; tune on others, e.g. 5000)")
-    p.add_argument("--config", help="YAML config every run starts from (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="every run")
-    p.add_argument("--q-recipes", nargs="+", metavar="RECIPE",
-                   help="Q-SFT runs per seed, each a row (default: n_step return_to_go; benchmark.Q_RECIPES)")
-    p.add_argument("--q-set", dest="q_overrides", action="append", metavar="KEY=VALUE",
-                   help="Q-SFT runs only, after their recipe's settings")
-    p.add_argument("--multitask", action="store_true", default=None,
-                   help="one policy per method and seed over the union of the tasks' data, evaluated per task")
-    p.add_argument("--workers", type=int, help="collection processes, and training seeds run at once (default 1)")
+    types = typing.get_type_hints(BenchSpec)
+    for f in fields(BenchSpec):
+        typ, meta = types[f.name], f.metadata
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kw = {"dest": f.name, "default": None, "help": f"{meta['help']} (default: {default})"}
+        if typ is bool:
+            kw["action"] = "store_true"
+        elif typing.get_origin(typ) is list:
+            item = typing.get_args(typ)[0]
+            kw.update({"type": item, "action": "append", "metavar": "KEY=VALUE"} if meta.get("repeat")
+                      else {"type": item, "nargs": "+"})
+        else:
+            kw["type"] = typ
+        p.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kw)
     p.add_argument("--out", default="outputs/offline_rl")
     p.set_defaults(fn=cmd_benchmark)
 

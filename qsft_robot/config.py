@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import draccus
 import yaml
+from draccus.utils import DecodingError
 
 
 class ConfigError(ValueError):
@@ -20,31 +22,50 @@ class ConfigError(ValueError):
 
 
 Algorithm = Literal["qsft", "sft", "filtered_bc"]      # algo.name
-ActingMode = Literal["argmax_q", "paper", "sft"]       # eval.mode, the ROS node's mode (docs/design.md §2.6)
+# eval.mode, the ROS node's mode (docs/design.md §2.6): argmax_q = greedy on p_theta within pi_beta's support;
+# tilted_behavior = pi_beta * exp(beta p_theta); argmax_behavior = greedy on pi_beta alone (BC checkpoints)
+ActingMode = Literal["argmax_q", "tilted_behavior", "argmax_behavior"]
 DataFormatName = Literal["auto", "lerobot", "robomimic", "aloha", "hdf5"]  # data.format (data/sources.py)
 ALGORITHMS: tuple[str, ...] = typing.get_args(Algorithm)
 ACTING_MODES: tuple[str, ...] = typing.get_args(ActingMode)
 DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormatName)
+# values that were renamed: given by a user (YAML, --set, a flag, a ROS parameter) they are refused with the new
+# name, so a script never silently keeps meaning something else
+RENAMED_VALUES: dict[str, dict[str, str]] = {"eval.mode": {"paper": "tilted_behavior", "sft": "argmax_behavior"}}
+
+
+def check_acting_mode(mode: str) -> str:
+    """`mode` if it is an acting mode; else ValueError naming the choices (and the new name of a renamed one)."""
+    if mode not in ACTING_MODES:
+        raise ValueError(_not_allowed("acting mode", "eval.mode", mode, ACTING_MODES))
+    return mode
+
+
+def _not_allowed(what: str, key: str, value, allowed) -> str:
+    new = RENAMED_VALUES.get(key, {}).get(value)
+    if new is not None:
+        return f"{what} {value!r} was renamed {new!r}"
+    return f"{what} {value!r} is not one of {', '.join(map(str, allowed))}"
 
 
 @dataclass
 class ModelConfig:
-    # "tiny": the compact default (ImageNet EfficientNet-Lite0 tower + a small Llama, built offline);
-    # "tiny_scratch": the same with the earlier CLIP-style tower trained from scratch (comparison only);
+    # "tiny": ImageNet EfficientNet-Lite0 tower + a small Llama, built offline (docs/model.md);
+    # "tiny_scratch": the same with a CLIP-style tower trained from scratch (comparison only);
     # "pretrained": a local HF folder (model.path)
     preset: Literal["tiny", "tiny_scratch", "pretrained"] = "tiny"
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
     # the model's input size (frames of any size are resized to it). tiny: 48 px at output_stride 8 is a 6x6 map of
-    # 36 image tokens (README: The compact default model says why, with the measurements)
+    # 36 image tokens (docs/model.md says why; docs/results.md has the measurements)
     image_size: int = 48
     patch_size: int = 16            # tiny_scratch: vision patch size ((image_size/patch_size)^2 image tokens)
     output_stride: int = 8          # tiny: EfficientNet feature map stride (4, 8, 16, 32); 8 -> 6x6 tokens at 48 px
-    # tiny: fixed 2-D sin/cos code of each image token's cell, concatenated to its features (0: none, the earlier
-    # model); models/efficientnet_tower.py grid_position_code says why
+    # tiny: fixed 2-D sin/cos code of each image token's cell, concatenated to its features (0: none);
+    # models/efficientnet_tower.py grid_position_code says why
     position_channels: int = 16
     # tiny presets: width and depth of the small Llama language model. Its compute is ~90% of a cached-feature
-    # train step and grows with the image tokens; 2 x 96 keeps the 36-token step under half the earlier
-    # default's at equal held-out success (README: The compact default model, Measured)
+    # train step and grows with the image tokens; 2 x 96 costs a third of a 3 x 192 step at equal held-out
+    # success (docs/model.md)
     text_hidden: int = 96
     text_layers: int = 2
     image_position: Literal["first", "after_instruction"] = "first"  # after_instruction: after the question
@@ -80,7 +101,7 @@ class AlgoConfig:
     behavior_init: str = ""         # a BC (sft) checkpoint/run: pi_beta = it, frozen; theta, theta_bar start from it
     num_bins: int = 256
     # > 0: BC / pi_beta labels are a Gaussian of this width (in bins) around the logged bin (HL-Gauss;
-    # algo/qsft.py behavior_loss says why; README: Algorithm notes). The benchmark and the demo train their BC
+    # algo/qsft.py behavior_loss says why; docs/training.md). The benchmark and the demo train their BC
     # models with 4. Default 0 (one-hot): a pi_beta trained smoothed is no longer the data's action distribution,
     # so p_theta / pi_beta is no longer Q, which Bellman backups (and the value probe) read; acting and
     # return-to-go targets do not
@@ -158,39 +179,16 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
 
 
-def _coerce(value, typ, key):
-    origin = typing.get_origin(typ) or typ
-    if origin is Literal:
-        allowed = typing.get_args(typ)
-        if isinstance(value, bool) and not any(isinstance(x, bool) for x in allowed):
-            # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the keys that accept such words
-            # (train.mixed_precision: no) mean the word itself
-            value = "yes" if value else "no"
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if origin in (list, dict):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, origin):
-            raise ConfigError(f"config key '{key}': expected {origin.__name__}, got {value!r}")
-        return value
-    if typ is bool:
-        if isinstance(value, str):
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected a boolean, got {value!r}")
-    if typ is str and isinstance(value, bool):
-        return "yes" if value else "no"  # as for Literal keys above
-    try:
-        return typ(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from e
+def _choice(value, typ, key: str):
+    """A value of a choice key (a Literal field), checked against its declaration."""
+    allowed = typing.get_args(typ)
+    if isinstance(value, bool) and not any(isinstance(x, bool) for x in allowed):
+        # YAML 1.1 reads a bare no/off (yes/on) as a boolean; the keys that accept such words
+        # (train.mixed_precision: no) mean the word itself
+        value = "yes" if value else "no"
+    if value not in allowed:
+        raise ConfigError(_not_allowed(f"config key '{key}':", key, value, allowed))
+    return value
 
 
 def _field_types(obj, prefix: str = "") -> dict:
@@ -219,41 +217,41 @@ def describe(key: str) -> tuple:
     return _field_types(RunConfig())[key], getattr(getattr(RunConfig(), section), name)
 
 
-def _fill(obj, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if k not in names:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
-        cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise ConfigError(f"config key '{key}' must be a mapping")
-            _fill(cur, v, key + ".")
-        else:
-            setattr(obj, k, _coerce(v, hints[k], key))
-    return obj
+# draccus decodes Literal fields only from 0.11 on, and LeRobot pins 0.10: `_choice` checks every choice key with
+# this module's messages, so draccus passes their values through
+for _typ in {t for t in _field_types(RunConfig()).values() if typing.get_origin(t) is Literal}:
+    draccus.decode.register(_typ, lambda value: value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = RunConfig()
+    """The defaults, then the YAML file, then each `key=value` override (its value read as YAML); draccus
+    decodes the merged mapping into the dataclasses (types, unknown keys), `validate` checks the rest."""
+    data: dict = {}
     if path:
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise ConfigError(f"config file not found: {path}")
-        _fill(cfg, yaml.safe_load(path.read_text()) or {})
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file is a mapping of sections (model:, algo:, ...)")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override must look like key=value, got {item!r}")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        nested: dict = {}
-        cur = nested
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(value)
-        _fill(cfg, nested)
+        *sections, name = key.strip().split(".")
+        cur = data
+        for section in sections:
+            cur = cur.setdefault(section, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"config key '{section}' must be a mapping")
+        cur[name] = yaml.safe_load(value)
+    for key, typ in _field_types(RunConfig()).items():   # choice keys first: YAML's bare no, renamed values
+        section, name = key.split(".")
+        if typing.get_origin(typ) is Literal and isinstance(data.get(section), dict) and name in data[section]:
+            data[section][name] = _choice(data[section][name], typ, key)
+    try:
+        cfg = draccus.decode(RunConfig, data)
+    except DecodingError as e:   # names the key: "`algo`: The fields `bogus` are not valid for AlgoConfig"
+        raise ConfigError(f"config: {e}") from None
     validate(cfg)
     return cfg
 
@@ -262,7 +260,7 @@ def validate(cfg: RunConfig) -> None:
     for key, typ in _field_types(cfg).items():  # every choice key, also on a config built in code
         if typing.get_origin(typ) is Literal:
             section, name = key.split(".")
-            _coerce(getattr(getattr(cfg, section), name), typ, key)
+            _choice(getattr(getattr(cfg, section), name), typ, key)
     checks = [
         ("algo.expectile", 0.0 < cfg.algo.expectile < 1.0),
         ("algo.gamma", 0.0 <= cfg.algo.gamma <= 1.0),

@@ -25,6 +25,16 @@ def report():
     return _REPORT.append
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip, saying so, where torch sees no CUDA device (each has a CPU counterpart)."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if gpu:
+        import torch
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _REPORT:
         terminalreporter.section("qsft_robot measurements")

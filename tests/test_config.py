@@ -34,9 +34,34 @@ def test_a_bad_choice_names_the_key_and_the_choices():
     with pytest.raises(ConfigError, match="eval.mode"):
         validate(cfg)
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML's bare no
+    with pytest.raises(ConfigError, match="`train.steps`: Couldn't parse 'abc' into an int"):
+        load_config(None, ["train.steps=abc"])
+    with pytest.raises(ConfigError, match="`algo`: The fields `bogus` are not valid"):
+        load_config(None, ["algo.bogus=1"])
+    got = load_config(None, ["model.lora_targets=[q_proj, v_proj]", "algo.per_dim_bins={3: 2}", "train.lr=1e-3"])
+    assert (got.model.lora_targets, got.algo.per_dim_bins, got.train.lr) == (["q_proj", "v_proj"], {3: 2}, 1e-3)
     for key, typ in typing.get_type_hints(type(cfg.train)).items():
         if typing.get_origin(typ) is typing.Literal:
             assert getattr(cfg.train, key) in typing.get_args(typ)
+
+
+@pytest.mark.parametrize("old, new", [("paper", "tilted_behavior"), ("sft", "argmax_behavior")])
+def test_a_renamed_acting_mode_is_refused_with_its_new_name(tmp_path, capsys, old, new):
+    from qsft_robot.algo.policy import Policy
+    from qsft_robot.cli import main
+
+    with pytest.raises(ConfigError, match=f"config key 'eval.mode': '{old}' was renamed '{new}'"):
+        load_config(None, [f"eval.mode={old}"])
+    yml = tmp_path / "c.yaml"
+    yml.write_text(f"eval:\n  mode: {old}\n")
+    with pytest.raises(ConfigError, match=f"was renamed '{new}'"):
+        load_config(yml)
+    with pytest.raises(SystemExit):
+        main(["eval", "runs/x", "--mode", old])
+    assert f"'{old}' was renamed '{new}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"acting mode '{old}' was renamed '{new}'"):
+        Policy(adapter=None, mode=old)   # what the ROS node's `mode` parameter reaches
+    assert load_config(None, [f"eval.mode={new}"]).eval.mode == new
 
 
 @pytest.mark.parametrize("command, flags, section", [(["collect", "--out", "x"], COLLECT_FLAGS, "collect"),

@@ -5,7 +5,10 @@ No function in the package, the ROS 2 package or the benches is longer than MAX_
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "qsft_robot"
@@ -108,3 +111,10 @@ def test_the_length_checker_sees_methods_and_async_functions(tmp_path):
     f.write_text("class C:\n    def short(self):\n        pass\n    def m(self):\n" + body.replace("    ", "        ")
                  + "async def a():\n" + body + "def at_the_limit():\n" + body[body.index("\n") + 1:])
     assert sorted(_long_functions(f)) == [(4, "m", 61), (65, "a", 61)]
+
+
+@pytest.mark.parametrize("module", [m for _, m in _modules()])
+def test_every_module_imports(module):
+    """Every module loads in the fast loop, also those whose behaviour only the slow tests drive (the ROS
+    node's pieces under real ROS 2, multi-process training, Meta-World)."""
+    importlib.import_module(module)

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from qsft_robot.checkpoint import resolve_checkpoint
-from qsft_robot.config import ACTING_MODES
+from qsft_robot.config import ACTING_MODES, check_acting_mode
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.models.families import load_processor, share_vision_encoder
 from qsft_robot.models.lora import is_lora_folder, load_lora
@@ -26,8 +26,7 @@ MODES = ACTING_MODES
 class Policy:
     def __init__(self, adapter: VLMAdapter, behavior_model=None, mode: str = "argmax_q", beta: float = 1.0,
                  sample: bool = False, support_eps: float | None = None, use_cache: bool = True):
-        if mode not in MODES:
-            raise ValueError(f"unknown acting mode {mode!r}; choose from {MODES}")
+        check_acting_mode(mode)
         self.adapter, self.behavior_model, self.mode = adapter, behavior_model, mode
         self.beta, self.sample, self.support_eps, self.use_cache = beta, sample, support_eps, use_cache
         self.generator = torch.Generator(device=adapter.device).manual_seed(0)
@@ -69,9 +68,9 @@ def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "
             # a frozen encoder is bit-identical in theta and pi_beta: one module, run once per frame
             share_vision_encoder(model, behavior)
     model.eval()
-    mode = mode or ("argmax_q" if algo == "qsft" else "sft")
-    if algo != "qsft" and mode != "sft":
-        raise ValueError(f"checkpoint {ckpt} was trained with {algo}: only mode 'sft' applies")
+    mode = check_acting_mode(mode or ("argmax_q" if algo == "qsft" else "argmax_behavior"))
+    if algo != "qsft" and mode != "argmax_behavior":
+        raise ValueError(f"checkpoint {ckpt} was trained with {algo}: only mode 'argmax_behavior' applies")
     if algo == "qsft" and mode == "argmax_q" and behavior is not None and "support_eps" not in kw:
         # act within the support the Bellman targets were restricted to (algo.support_eps), not beyond it
         kw["support_eps"] = float(cfg["algo"]["support_eps"])

@@ -1,6 +1,6 @@
 """Frozen image-tower features, computed once per frame and memmapped, shared by every run on the data.
 
-Why: with the compact default's pretrained tower frozen, every training step would otherwise re-run
+Why: with the tiny model's pretrained tower frozen, every training step would otherwise re-run
 the same convolutions on the same frames; caching them leaves the projector and the language model
 as a step's whole cost (bench/train_step.py). Why the cache lives in one shared folder rather than in
 a run folder: BC, filtered BC, Q-SFT and every seed train in their own run folders on the same

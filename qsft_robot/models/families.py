@@ -117,13 +117,13 @@ def freeze_vision_encoder(model) -> int:
     """requires_grad=False on the image encoder (LLaVA-1.5's recipe: the projector and the language
     model train, the encoder does not). Returns the number of parameters frozen.
 
-    Why it is offered for the compact model trained from scratch too: with the encoder trainable, the
+    Why it is offered for `tiny_scratch` (a tower trained from scratch) too: with the encoder trainable, the
     first few hundred steps of Adam teach it to *remove* the image's variation (the language model
     cannot use it yet, so to the loss it is noise). Measured on arm_reach_red expert data after 400 BC
     steps: the spread of the encoder's patch features across images fell from 0.30 (at init) to 0.05
     while their norm grew 4x, and swapping a batch's images changed no action. Frozen, the spread
     stays 0.30 and 5% of actions change with the image; that alone did not make the policy use it
-    (README, Results: the arm probe table).
+    (docs/results.md, Image tower and image tokens).
     """
     enc = vision_encoder(model)
     enc.requires_grad_(False)

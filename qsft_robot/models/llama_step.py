@@ -12,8 +12,8 @@ so a model that keeps training is never stale), keys and values go into the tran
 its `update`, and the multimodal wrapper still embeds the prompt and merges its image features its own
 way (only its call of the text decoder is redirected, `plain_prefill`). Only the exact architecture is
 taken (`supports`); anything else (LoRA or quantised layers, rotary scaling, biases, other activations,
-hooks, a padding mask, a static cache) stays on the module path. tests/test_decode_fast_step.py checks
-hidden states and cache against `LlamaModel.forward`; tests/test_architectures.py checks every family's
+hooks, a padding mask, a static cache) stays on the module path. tests/models/test_llama_step.py checks
+hidden states and cache against `LlamaModel.forward`; tests/models/test_families.py checks every family's
 decode logits against the uncached path.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embedded default VLM: a few-million-parameter LLaVA built from config, fully offline.
+"""The `tiny` model presets: a few-million-parameter LLaVA built from config, fully offline.
 
 Why build and save an ordinary HF folder instead of keeping a bespoke module: everything downstream
 (training, checkpoints, the ROS node) then loads it with the same `from_pretrained(local_dir)` call
@@ -77,9 +77,9 @@ def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 48, pa
 
     vision="efficientnet" (the default): the image tower is ImageNet EfficientNet-Lite0 cut at
     `output_stride` (models/efficientnet_tower.py), its feature map flattened into image tokens, with
-    the weights' own normalisation in the saved image processor. vision="clip_scratch": the earlier
-    CLIP-style tower of `vision_layers` x `vision_hidden` trained from scratch (kept for comparison;
-    README, Results: it does not learn where objects are).
+    the weights' own normalisation in the saved image processor. vision="clip_scratch"
+    (`tiny_scratch`): a CLIP-style tower of `vision_layers` x `vision_hidden` trained from scratch, kept
+    for comparison (docs/results.md: it does not learn where objects are).
     """
     import torch
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qsft_robot.config import ACTING_MODES
+from qsft_robot.config import check_acting_mode
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.models import llama_step
 from qsft_robot.models.families import (Batch, encode_prompts, family_of, image_placeholder, load_processor,
@@ -36,7 +36,7 @@ def build_prompt(instruction: str, state=None, image_part: str = "", image_posit
 
     Why 'after_instruction' exists: in a causal decoder the image tokens can then attend to the
     instruction, so each patch could ask "is this the object named?" in the first layer. Measured on
-    the compact default it did not help: a colour-word -> image-region probe stayed at chance after
+    the tiny model it did not help: a colour-word -> image-region probe stayed at chance after
     300 steps in both layouts, so 'first' stays the default.
     """
     question = PROMPT.format(instruction=instruction.strip().rstrip("?."))
@@ -127,7 +127,7 @@ class VLMAdapter:
     # ---- frozen image features ---------------------------------------------------------------
     def feature_cache_key(self) -> dict | None:
         """What decides the frozen tower's features, or None when they cannot be cached (the tower
-        trains, or it is not the compact default's EfficientNet tower)."""
+        trains, or it is not the tiny model's EfficientNet tower)."""
         from qsft_robot.models.efficientnet_tower import EfficientNetLiteVisionModel, weights_id
         if self.family != "llava":
             return None
@@ -187,15 +187,14 @@ class VLMAdapter:
         dimension re-runs the whole sequence, images included (kept as the reference for the equality
         tests). pi_beta runs, with its own cache, only when the mode needs it.
         """
-        if mode not in ACTING_MODES:
-            raise ValueError(f"unknown acting mode {mode!r}")
-        need_behavior = mode == "paper" or (mode == "argmax_q" and support_eps is not None)
+        check_acting_mode(mode)
+        need_behavior = mode == "tilted_behavior" or (mode == "argmax_q" and support_eps is not None)
         if need_behavior and behavior_model is None:
             raise ValueError(f"mode {mode!r} (support_eps={support_eps}) needs the behaviour model")
         batch = self.encode(images, instructions, states)
         dev = self.device
-        # models[0] scores the bins: theta, or pi_beta itself for 'sft'; models[1] is pi_beta if needed
-        first = (behavior_model or self.model) if mode == "sft" else self.model
+        # models[0] scores the bins: theta, or pi_beta itself for 'argmax_behavior'; models[1] is pi_beta if needed
+        first = (behavior_model or self.model) if mode == "argmax_behavior" else self.model
         models = [first] + ([behavior_model] if need_behavior else [])
         mask_bins = torch.as_tensor(self.action_tokenizer.bin_mask(), device=dev)   # (D, B)
         n_bins = mask_bins.shape[-1]
@@ -203,7 +202,7 @@ class VLMAdapter:
         scorers = []
         for k, m in enumerate(models):
             # theta's p over real bins is softmax over bins + dummy (when present), sliced to B
-            ids = (self.logit_ids if (k == 0 and mode != "sft") else self.bin_token_ids).to(dev)
+            ids = (self.logit_ids if (k == 0 and mode != "argmax_behavior") else self.bin_token_ids).to(dev)
             keep = F.pad(mask_bins, (0, len(ids) - n_bins), value=True)   # per-dimension valid bins, built once
             scorer = (_CachedScorer(m, ids, batch, self.num_dims, self.cache_implementation, self.fast_step)
                       if use_cache else _UncachedScorer(m, ids, batch))
@@ -217,7 +216,7 @@ class VLMAdapter:
                 # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
                 logp = [s.logits(prev).masked_fill(~keep[d], float("-inf")).log_softmax(-1)[:, :n_bins]
                         for s, keep in scorers]
-            score = logp[1] + beta * logp[0].exp() if mode == "paper" else logp[0]  # paper: pi_beta * exp(beta p)
+            score = logp[1] + beta * logp[0].exp() if mode == "tilted_behavior" else logp[0]  # pi_beta * exp(beta p)
             if need_behavior and support_eps is not None:
                 score = score.masked_fill(~support_mask(logp[1].exp(), support_eps), float("-inf"))
             if sample:
@@ -319,7 +318,7 @@ class _CachedScorer:
     here calls the text decoder directly (the same module the wrapper calls, so the numbers are the
     model's own; the equality tests check it), then the output head restricted to the ids that are
     scored: B (+1) rows instead of the whole vocabulary (151k for Qwen). Where that decoder is a plain
-    Llama (the compact default, LLaVA, Idefics3, SmolVLM2) and nothing needs a mask, the steps and the
+    Llama (tiny, LLaVA, Idefics3, SmolVLM2) and nothing needs a mask, the steps and the
     prefill's decoder part are its operations without the module machinery (models/llama_step.py).
     Everything a step needs (positions, rotary angles, the attention mask, the sliced head) is built
     once per decode, not per token. The cache is a transformers `DynamicCache` (or a `StaticCache` of

@@ -16,7 +16,8 @@ PARAM_SPECS: dict[str, tuple[object, str]] = {
     "checkpoint": ("", "run or checkpoint folder from `qsft-robot train` (policy:=checkpoint)"),
     "policy": ("checkpoint", f"which policy acts: {KINDS}"),
     "policy_args": ("", "JSON object of keyword arguments for a scripted or plug-in policy"),
-    "mode": ("argmax_q", f"acting mode of a checkpoint: {' | '.join(ACTING_MODES)} (sft for SFT/filtered-BC runs)"),
+    "mode": ("argmax_q", f"acting mode of a checkpoint: {' | '.join(ACTING_MODES)} "
+                         "(argmax_behavior for BC / filtered-BC runs)"),
     "device": ("auto", "auto (cuda when available) | cpu | cuda[:N]"),
     "robot_profile": ("base", f"configs/robots/<name>.yaml ({' | '.join(PROFILES)}) or a path to a profile"),
     "instruction": ("", "language instruction; may be changed at run time"),

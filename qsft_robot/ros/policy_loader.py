@@ -2,7 +2,7 @@
 
 Kept apart from the node so the choice (and its errors) is testable without rclpy, and so the node
 can check, before the first frame, that the policy's action size matches the robot profile: a
-mismatch found on the first frame used to kill the control thread and leave the node silent.
+mismatch found only on the first frame would kill the control thread and leave the node silent.
 """
 from __future__ import annotations
 

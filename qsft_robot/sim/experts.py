@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsft_robot.sim.arm import BLOCK_HALF, BLOCKS, HAND_Z0, ArmTask
-from qsft_robot.sim.base import CONES, GOAL_RADIUS, BaseTask
+from qsft_robot.sim.mobile_base import CONES, GOAL_RADIUS, MobileBaseTask
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class ScriptedExpert:
 
     # ---- base --------------------------------------------------------------------------------
     def _base(self) -> np.ndarray:
-        env: BaseTask = self.env
+        env: MobileBaseTask = self.env
         x, y, yaw = env.pose
         dx, dy = env.cone_pos(self.aim) - [x, y]
         bearing = (np.arctan2(dy, dx) - yaw + np.pi) % (2 * np.pi) - np.pi

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from qsft_robot.sim.core import checked_action
+from qsft_robot.sim.mujoco_task import checked_action
 
 
 class GymTask:

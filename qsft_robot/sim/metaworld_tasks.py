@@ -2,9 +2,9 @@
 
 Meta-World is the external benchmark LeRobot evaluates SmolVLA on; it ships a scripted policy per
 task, so mixed-quality offline data is generated here with no download (`gym_experts`). Install it
-with the `metaworld` extra (README: Meta-World).
+with the `metaworld` extra (docs/tasks.md).
 
-Choices, each measured on this project's 2-core CPU (README: Meta-World):
+Choices, each measured on a 2-core CPU (`bench/sim_speed.py --metaworld-only`; docs/tasks.md):
 - Seeding: each reset(seed) draws the object and goal positions from the seed (the env's own
   `seeded_rand_vec` path), so eval seed k is the same scene for every method; Meta-World's MT1 wrapper
   instead samples one of 50 fixed scenes per reset.
@@ -12,8 +12,8 @@ Choices, each measured on this project's 2-core CPU (README: Meta-World):
   read the goal from it; the policy under training sees only the image and the proprio state (hand
   xyz + gripper opening, the first 4 numbers); object and goal positions are the oracle state.
 - Rendering: the project's own `mujoco.Renderer` on the env's model, with shadows and reflections off
-  (3x faster with llvmpipe, issue 21), camera `corner2` (the one LeRobot's Meta-World env uses) turned
-  the right way up: Meta-World's corner cameras are mounted upside down.
+  (4.7x faster with llvmpipe: 35.7 ms a frame instead of 167 ms), camera `corner2` (the one LeRobot's
+  Meta-World env uses) turned the right way up: Meta-World's corner cameras are mounted upside down.
 - Episode limit 150 steps by default: the scripted policies finish in 40-105 (500, Meta-World's own
   limit, would only make every failed evaluation episode 3x longer).
 """
@@ -166,5 +166,5 @@ def _instruction_from(name: str) -> str:
 def make_metaworld_task(task: str, **kw) -> MetaWorldTask:
     """`metaworld/<env-name>` -> its task; clear error when the extra is not installed."""
     if not available():
-        raise ModuleNotFoundError(f"{task} needs Meta-World: pip install -e '.[metaworld]' (README: Meta-World)")
+        raise ModuleNotFoundError(f"{task} needs Meta-World: pip install -e '.[metaworld]' (docs/tasks.md)")
     return MetaWorldTask(task.removeprefix(PREFIX), **kw)

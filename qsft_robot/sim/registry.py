@@ -6,9 +6,9 @@ TASKS = {
     "arm_push": ("arm", {"kind": "push"}),
     "arm_pick_place": ("arm", {"kind": "pick_place"}),
     "base_goto": ("base", {}),
-    # one fixed instruction (the red object): the offline-RL benchmark's tasks. The compact default
-    # model, trained from scratch on a CPU budget, does not learn to bind a colour word to an image
-    # region (README: Results); with the target fixed, what is left to learn is where it is
+    # one fixed instruction (the red object): the offline-RL benchmark's tasks. A small model trained on a
+    # CPU budget does not learn to bind a colour word to an image region (models/vlm_adapter.py, the
+    # image_position probe); with the target fixed, what is left to learn is where it is
     "arm_reach_red": ("arm", {"kind": "reach", "target": "red"}),
     "base_goto_red": ("base", {"target": "red"}),
     # the same with the objects' positions in the state: algorithm and perception judged apart
@@ -28,5 +28,5 @@ def make_task(name: str, **kw):
     if family == "arm":
         from qsft_robot.sim.arm import ArmTask
         return ArmTask(**{**defaults, **kw})
-    from qsft_robot.sim.base import BaseTask
-    return BaseTask(**{**defaults, **kw})
+    from qsft_robot.sim.mobile_base import MobileBaseTask
+    return MobileBaseTask(**{**defaults, **kw})

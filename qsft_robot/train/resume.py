@@ -35,7 +35,7 @@ def resumed_tokenizer(run_dir: Path, cfg: RunConfig, ckpt: Path, fitted: ActionT
     """Resuming: the same experiment only (a changed setting is refused with the list of changes), and
     the action statistics the weights were trained with."""
     saved_file = ckpt / "qsft_config.yaml"
-    if saved_file.is_file():  # written by every checkpoint since the first release
+    if saved_file.is_file():  # every checkpoint writes it; a folder without one has nothing to compare
         changes = config_changes(yaml.safe_load(saved_file.read_text()) or {}, to_dict(cfg), to_dict(RunConfig()))
         if changes:
             raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(changes)}): resume it "

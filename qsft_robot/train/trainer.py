@@ -282,7 +282,7 @@ class Trainer:
 
         e = self.cfg.eval
         self.nets.theta.eval()
-        mode = e.mode if self.qsft else "sft"
+        mode = e.mode if self.qsft else "argmax_behavior"
         support = self.cfg.algo.support_eps if self.qsft and mode == "argmax_q" else None
         policy = Policy(self.adapter, behavior_model=self.nets.pi_beta if self.qsft else None, mode=mode,
                         beta=e.beta, support_eps=support)
@@ -379,8 +379,8 @@ def end_distributed() -> None:
     """Leave the process group cleanly at the end of a multi-process run: every rank waits for the others
     (rank 0 may still be writing the last checkpoint), then the group is destroyed. Without it, a rank
     whose interpreter shuts down while gloo's threads still run aborts with "terminate called without an
-    active exception" (exit -6; seen once in CI on a loaded 2-core machine) and torchrun reports a failure
-    after a finished run."""
+    active exception" (exit -6, more likely on a loaded machine) and torchrun reports a failure after a
+    finished run."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

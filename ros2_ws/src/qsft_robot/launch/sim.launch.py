@@ -25,7 +25,7 @@ ARGS = {
     "episodes": ("1", "episodes to run, seeds seed .. seed+episodes-1"),
     "policy": ("color_seek", "checkpoint | color_seek | <module>:<class>"),
     "checkpoint": ("", "run or checkpoint folder (policy:=checkpoint)"),
-    "mode": ("argmax_q", f"acting mode: {' | '.join(ACTING_MODES)} (SFT / filtered-BC checkpoints)"),
+    "mode": ("argmax_q", f"acting mode: {' | '.join(ACTING_MODES)} (argmax_behavior for BC / filtered-BC checkpoints)"),
     "device": ("auto", "auto | cpu | cuda[:N]"),
     "image_size": ("64", "camera image size (the training data's)"),
     "max_steps": ("0", "episode limit (0: the task's own)"),

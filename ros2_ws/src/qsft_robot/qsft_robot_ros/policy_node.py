@@ -18,10 +18,10 @@ Two threads keep safety independent of inference:
   that frame is already older than max_image_age; a result whose frame has gone stale meanwhile is
   discarded, never published.
 
-Why not callback groups on rclpy's MultiThreadedExecutor (the earlier design): its Python wait loop
+Why not callback groups on rclpy's MultiThreadedExecutor: its Python wait loop
 delivered camera frames 0.1-3 s late on an idle 2-core machine (lockstep sim through ROS: answers p50
 104 ms, 14-23 one-second re-sends in 6 episodes); the same node on a SingleThreadedExecutor answered
-in p50 4.6-8.4 ms with no re-send (tests/test_ros_sim_lockstep.py reports both numbers).
+in p50 4.6-8.4 ms with no re-send (tests/ros/test_sim_lockstep.py reports both numbers).
 
 A policy exception is fatal by design: stop commands and a `fault` status (with the reason) go out for
 fault_linger_s, then the node exits with status 3 (2 when the policy cannot be loaded or does not fit

@@ -73,6 +73,7 @@ def fmt(r):
     return ", ".join(f"{k}={v:.3f}" for k, v in r.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leftover", ["uniform", "dummy"])
 def test_learned_table_matches_exact_fixed_point(leftover, report):
     mdp, data, p_learned, _ = trained("random", leftover)
@@ -102,6 +103,7 @@ def test_theorem_bounds_on_exact_fixed_point(behaviour, leftover, report):
     assert where.sum() > 0
 
 
+@pytest.mark.slow
 def test_sampled_p_theta_beats_behaviour(report):
     for leftover in ("uniform", "dummy"):
         r = returns("random", leftover)
@@ -110,6 +112,7 @@ def test_sampled_p_theta_beats_behaviour(report):
         assert r["optimal"] >= max(r.values()) - 1e-9
 
 
+@pytest.mark.slow
 def test_argmax_q_beats_sft_with_diffuse_behaviour(report):
     """Noisy-scripted-data regime. Asserted for the dummy leftover; the uniform variant is reported:
     with B = 3 its leak sum(pi (1 - w))/(B - 1) lifts every first-dim ratio to the clip at 1, so its
@@ -123,6 +126,7 @@ def test_argmax_q_beats_sft_with_diffuse_behaviour(report):
     assert r_uniform["greedy argmax_q"] >= r_uniform["greedy sft"] - 1e-9
 
 
+@pytest.mark.slow
 def test_peaked_poor_behaviour_regime_is_reported(report):
     """Where pi_beta is peaked on a poor bin, argmax p_theta is behaviour-regularised and may equal SFT:
     no ordering is claimed, the numbers are reported, and every return stays below the optimum."""
@@ -132,6 +136,7 @@ def test_peaked_poor_behaviour_regime_is_reported(report):
         assert all(0.0 <= v <= r["optimal"] + 1e-9 for v in r.values())
 
 
+@pytest.mark.slow
 def test_expectation_targets_reach_pi_beta_times_its_own_q():
     """next_value="expectation" (dummy leftover): the fixed point is p = pi_beta * Q^{pi_beta}, with
     Q^{pi_beta} from an exact linear solve; and acting greedily on it beats pi_beta (one-step
@@ -148,6 +153,7 @@ def test_expectation_targets_reach_pi_beta_times_its_own_q():
     assert expected_return(mdp, greedy(p[:, :B])) > expected_return(mdp, mdp.behaviour_table()) + 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["expectile", "return_to_go"])
 def test_in_sample_backups_reach_their_exact_fixed_points(variant):
     """expectile (tau 0.8): p = pi_beta * Q_tau, Q_tau from exact expectile value iteration;
@@ -200,6 +206,7 @@ def train_tables_n_step(mdp, steps_data, n, samples, train_steps=800, lr=0.1, al
         return theta.weight.softmax(-1).numpy()[:, :B], rows.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,samples", [(1, 1), (3, 4)])
 def test_n_step_emaq_targets_reach_their_exact_fixed_point(n, samples, report):
     """target=n_step with next_value=emaq reaches p = pi_beta * Q_{n,N}, Q_{n,N} from exact DP (tabular_mdp,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from qsft_robot.sim.core import COLORS, MujocoTask
+from qsft_robot.sim.mujoco_task import COLORS, MujocoTask
 
 CONES = ("red", "green", "blue", "yellow")
 ARENA = 2.0
@@ -41,7 +41,7 @@ def _xml() -> str:
 </mujoco>"""
 
 
-class BaseTask(MujocoTask):
+class MobileBaseTask(MujocoTask):
     """Action: (linear velocity, angular velocity) in [-1, 1], scaled by max_lin (m/s) / max_ang (rad/s)."""
 
     action_dim = 2

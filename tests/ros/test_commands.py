@@ -14,7 +14,7 @@ from qsft_robot.ros.params import PROFILES
 from qsft_robot.ros.profiles import ProfileError, RobotProfile
 from qsft_robot.ros.safety import SafetyFilter, State, Watchdog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SO100_JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
 

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_datasets import make_episodes
+from test_lerobot_writer import make_episodes
 
 from qsft_robot.cli import main
 from qsft_robot.data.episode import DatasetError, Episode

@@ -1,4 +1,4 @@
-"""The real `ros2 launch qsft_robot policy.launch.py` from a colcon-built workspace (issue 18).
+"""The real `ros2 launch qsft_robot policy.launch.py` from a colcon-built workspace.
 
 Skipped, with the reason, only where `ros2 launch` or colcon is absent: the launch system is not on
 PyPI; `.ci/run` installs it from ../shared/wheels/ros2-launch/. Each launch gets its own process group
@@ -14,11 +14,11 @@ import subprocess
 import time
 
 import pytest
-from test_ros_node import LEFT, RED, ROOT, Probe, next_domain, output, popen_logged
+from test_node import LEFT, RED, ROOT, Probe, next_domain, output, popen_logged
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 pytest.importorskip("ros2launch", reason="ros2 launch is not installed: pip install --no-deps "
-                                         "../shared/wheels/ros2-launch/*.whl (see that folder's README)")
+                                         "the ROS 2 launch wheels (docs/ros.md)")
 import numpy as np  # noqa: E402
 from geometry_msgs.msg import Twist, TwistStamped  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -27,12 +27,14 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from qsft_robot.ros.params import PARAM_SPECS, PROFILES  # noqa: E402
 from qsft_robot.ros.profiles import RobotProfile  # noqa: E402
 
+pytestmark = pytest.mark.slow   # colcon builds and `ros2 launch` processes
+
 FAILING = "qsft_robot.ros.fault_policies:FailingPolicy"
 
 
 @pytest.fixture(scope="module")
 def ws_env(tmp_path_factory):
-    """colcon build of the package (as the README says), and the environment its setup.bash gives."""
+    """colcon build of the package (as docs/ros.md says), and the environment its setup.bash gives."""
     colcon, ros2 = shutil.which("colcon"), shutil.which("ros2")
     if colcon is None or ros2 is None:
         pytest.skip("colcon or the ros2 command is not on PATH (dev extra; ros2-launch wheels)")
@@ -199,8 +201,8 @@ def test_sim_launch_runs_the_closed_loop_in_one_command(ws_env, report):
 
 
 def test_sim_launch_drives_a_metaworld_task(ws_env, report):
-    """The README's Meta-World launch line (issue 21): a Gymnasium task behind the same bridge, arm profile."""
-    pytest.importorskip("metaworld", reason="install the 'metaworld' extra (README: Meta-World)")
+    """The Meta-World launch line of docs/tasks.md: a Gymnasium task behind the same bridge, arm profile."""
+    pytest.importorskip("metaworld", reason="install the 'metaworld' extra (docs/tasks.md)")
     out, ref_succ = sim_launch_against_eval(ws_env, report, "metaworld/reach-v3", 4, 1, "profile:=arm",
                                             "policy:=color_seek", "max_steps:=20")
     assert f"metaworld/reach-v3: success {ref_succ}/1 (lockstep" in out, out[-3000:]

@@ -1,4 +1,4 @@
-"""The compact default's ImageNet EfficientNet-Lite0 tower: weights, normalisation, frozen-feature cache."""
+"""The tiny model's ImageNet EfficientNet-Lite0 tower: weights, normalisation, frozen-feature cache."""
 from __future__ import annotations
 
 import json
@@ -18,19 +18,19 @@ def episodes():
 
 
 @pytest.fixture(scope="module")
-def compact(tmp_path_factory):
-    """The compact default VLM built, saved and reloaded the way every run loads it."""
+def tiny(tmp_path_factory):
+    """The tiny VLM built, saved and reloaded the way every run loads it."""
     from transformers import AutoModelForImageTextToText
 
     from qsft_robot.models.tiny_vlm import build_tiny_vlm
-    path = build_tiny_vlm(tmp_path_factory.mktemp("compact"), image_size=64)
+    path = build_tiny_vlm(tmp_path_factory.mktemp("tiny"), image_size=64)
     return AutoModelForImageTextToText.from_pretrained(path).eval(), path
 
 
-def test_reloaded_tower_reproduces_the_weights_package_reference(compact):
+def test_reloaded_tower_reproduces_the_weights_package_reference(tiny):
     """A silent key-mapping mistake (a block left at its random init, BN statistics not loaded) changes
     these features; the reference is the weights package's own network and forward."""
-    model, _ = compact
+    model, _ = tiny
     stride = model.config.vision_config.output_stride
     ref = reference_model()
     got = {}
@@ -61,10 +61,10 @@ def test_grid_position_code_tells_every_cell_apart():
         EfficientNetLiteVisionConfig(position_channels=6)
 
 
-def test_image_tokens_carry_features_then_position(compact):
+def test_image_tokens_carry_features_then_position(tiny):
     """The tower's tokens: the layer-normalised feature map, row-major, then the position code; the
     projector reads both (its input width is their sum). Cached feature maps go through the same path."""
-    model, _ = compact
+    model, _ = tiny
     tower, cfg = model.model.vision_tower, model.model.vision_tower.config
     assert cfg.position_channels == 16 and cfg.hidden_size == cfg.feature_channels + 16
     assert model.model.multi_modal_projector.linear_1.in_features == cfg.hidden_size
@@ -83,7 +83,7 @@ def test_image_tokens_carry_features_then_position(compact):
 
 
 def test_a_tower_saved_before_position_channels_loads_without_them(tmp_path):
-    """A compact model saved by an earlier release has no position_channels in its config: it reloads as
+    """A tiny model saved before position_channels existed has no position_channels in its config: it reloads as
     the model it was (feature tokens only), not with today's default."""
     cfg = EfficientNetLiteVisionConfig(image_size=64, output_stride=16)
     cfg.save_pretrained(tmp_path)
@@ -107,8 +107,8 @@ def test_normalisation_is_the_weights_own():
     assert int(probs.argmax()) == 652 and float(probs[652]) > 0.3
 
 
-def test_tower_keeps_imagenet_batchnorm_statistics_in_train_mode(compact):
-    model, _ = compact
+def test_tower_keeps_imagenet_batchnorm_statistics_in_train_mode(tiny):
+    model, _ = tiny
     tower = model.model.vision_tower
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
@@ -119,13 +119,13 @@ def test_tower_keeps_imagenet_batchnorm_statistics_in_train_mode(compact):
     torch.testing.assert_close(before, during)
 
 
-def test_cached_features_give_the_same_logits_as_pixels(compact, episodes):
+def test_cached_features_give_the_same_logits_as_pixels(tiny, episodes):
     from qsft_robot.data.action_tokenizer import ActionTokenizer
     from qsft_robot.models.families import freeze_vision_encoder
     from qsft_robot.models.vlm_adapter import VLMAdapter
     from transformers import AutoProcessor
 
-    model, path = compact
+    model, path = tiny
     freeze_vision_encoder(model)
     tok = ActionTokenizer.fit(np.concatenate([e.actions for e in episodes]), 16)
     processor = AutoProcessor.from_pretrained(path)
@@ -227,7 +227,7 @@ def test_training_sim_eval_and_ros_normalise_a_frame_identically(tmp_path, episo
     seen = []
     tower = tr.model.model.vision_tower
     hook = tower.register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].clone()), with_kwargs=True)
-    policy = Policy(tr.adapter, mode="sft")
+    policy = Policy(tr.adapter, mode="argmax_behavior")
     policy.act(raw[None, None], [episodes[0].instruction], episodes[0].state[i:i + 1])         # sim eval path
     msg = rgb_to_image_fields(raw, "bgr8")
     ros_frame = image_to_rgb(msg["encoding"], msg["height"], msg["width"], msg["step"], msg["data"])
@@ -241,7 +241,7 @@ def test_training_sim_eval_and_ros_normalise_a_frame_identically(tmp_path, episo
 
 
 def test_language_model_size_comes_from_the_config(tmp_path):
-    """model.text_hidden / text_layers size the compact default's language model (the tower stays EfficientNet)."""
+    """model.text_hidden / text_layers size the tiny model's language model (the tower stays EfficientNet)."""
     from types import SimpleNamespace
 
     from qsft_robot.config import load_config

@@ -1,4 +1,4 @@
-"""Closed loop through ROS 2 = closed loop in process (issue 18): the sim bridge steps in lockstep with
+"""Closed loop through ROS 2 = closed loop in process: the sim bridge steps in lockstep with
 the policy node's commands, so 20 seeds of each task give the success `qsft-robot eval` gives.
 
 Both sides run the scripted color_seek policy (image-only, so it can sit behind the ROS camera topic);
@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 import yaml
-from test_ros_node import PKG, ROOT, Probe, next_domain, start, stop, tiny_checkpoint  # noqa: F401 - shared fixture
+from test_node import PKG, ROOT, Probe, next_domain, start, stop, tiny_checkpoint  # noqa: F401 - shared fixture
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 from geometry_msgs.msg import Twist  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-# the README's ROS 2 table: 20 seeds per task. A lockstep episode through two processes costs ~0.5 s since
+# docs/results.md's ROS 2 table: 20 seeds per task. A lockstep episode through two processes costs ~0.5 s since
 # the node's executor fix (2-10 s before, when frames reached the node 0.1-3 s late), so CI runs all 20
 SEEDS, EPISODES = 1000, 20
 COMMAND_TOPIC = {"base": "/cmd_vel", "arm": "/arm/ee_delta"}
@@ -55,6 +55,7 @@ def test_sim_profiles_are_the_robot_profiles_without_slew_limit(profile):
     assert sim == {k: v for k, v in real.items() if k != "max_rate"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,profile", [("base_goto", "base"), ("arm_reach", "arm")])
 def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     from qsft_robot.ros.scripted_policy import ColorSeekPolicy
@@ -96,10 +97,11 @@ def test_ros_lockstep_success_equals_in_process_eval(task, profile, report):
     assert "terminate called" not in out
 
 
+@pytest.mark.slow
 def test_ros_lockstep_drives_a_metaworld_task(report):
-    """A Gymnasium task (Meta-World, issue 21) behind the same bridge: 4-D end-effector commands on the arm
+    """A Gymnasium task (Meta-World) behind the same bridge: 4-D end-effector commands on the arm
     topic, frames from its own camera; the episodes equal the in-process ones step for step."""
-    pytest.importorskip("metaworld", reason="install the 'metaworld' extra (README: Meta-World)")
+    pytest.importorskip("metaworld", reason="install the 'metaworld' extra (docs/tasks.md)")
     from qsft_robot.ros.scripted_policy import ColorSeekPolicy
 
     task, episodes, max_steps = "metaworld/reach-v3", 2, 25
@@ -135,6 +137,7 @@ def in_process_rollouts(policy, task: str, seeds: list[int], max_steps: int) -> 
     return out
 
 
+@pytest.mark.slow
 def test_ros_lockstep_with_a_trained_checkpoint_takes_the_in_process_trajectory(tiny_checkpoint, report):  # noqa: F811
     """A checkpoint (with proprio state in its prompt: the bridge publishes JointState with the frame's
     stamp) takes the same steps through ROS as in process: same lengths and final states per seed."""

@@ -136,8 +136,8 @@ def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch, monke
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_two_model_modes_cached_equal_uncached(built, arch):
-    """paper and support-restricted argmax_q run theta and pi_beta, each with its own cache; sft runs
-    pi_beta alone. Cached = uncached in each, without deprecations."""
+    """tilted_behavior and support-restricted argmax_q run theta and pi_beta, each with its own cache;
+    argmax_behavior runs pi_beta alone. Cached = uncached in each, without deprecations."""
     ad = _adapter(built[arch])
     behavior = copy.deepcopy(ad.model)
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_two_model_modes_cached_equal_uncached(built, arch):
             p.add_(torch.randn_like(p) * 0.05)
     images, instr, state = _inputs()
     with no_transformers_deprecations():
-        for mode, eps in (("paper", None), ("argmax_q", 0.05), ("sft", None)):
+        for mode, eps in (("tilted_behavior", None), ("argmax_q", 0.05), ("argmax_behavior", None)):
             kw = dict(mode=mode, behavior_model=behavior, support_eps=eps)
             np.testing.assert_array_equal(ad.decode(images, instr, state, use_cache=True, **kw),
                                           ad.decode(images, instr, state, use_cache=False, **kw))
@@ -272,7 +272,7 @@ def test_backbone_presets_train_and_act(tmp_path, built, episodes, preset, arch)
     from pathlib import Path
 
     from qsft_robot.algo.policy import load_policy
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / preset, [f"model.path={built[arch]}", f"train.out_dir={tmp_path}", "train.steps=1",
                                       "train.batch_size=4", "algo.num_bins=8", "train.save_every=1",
                                       "train.warmup_steps=1", "train.tensorboard=false"])

@@ -103,12 +103,13 @@ def test_demo_recipe_matches_configs_demo_yaml():
         assert getattr(getattr(yaml_cfg, section), key) == getattr(getattr(built_in, section), key), item
 
 
+@pytest.mark.slow
 def test_benchmark_ci_sized(tmp_path, report):
     """The real benchmark pipeline at CI size (one task, one seed, ~3 min on 2 cores) on a task where
     the gap is large: on base_goto_red's biased data (60% of operators head for the wrong cone first)
     BC copies the majority and Q-SFT, on top of that very BC model, must beat it beyond noise: the
     Wilson 95% intervals must not overlap. Measured here: BC 0.17 [0.07, 0.34], filtered BC 0.97,
-    Q-SFT 0.90 [0.74, 0.97] (README: Results has the full-size numbers)."""
+    Q-SFT 0.90 [0.74, 0.97] (docs/results.md has the full-size numbers)."""
     from qsft_robot.benchmark import BenchSpec, run_benchmark
     # frame-sampled batches at this size: episode weighting (the full-size setting) needs more than 150
     # steps here (measured 0.43 [0.27, 0.61] with it, 0.90 without)
@@ -125,6 +126,7 @@ def test_benchmark_ci_sized(tmp_path, report):
     assert rows["qsft_return_to_go"]["ci95"][0] > rows["sft"]["ci95"][1], rows  # Q-SFT > BC beyond noise
 
 
+@pytest.mark.slow
 def test_benchmark_ci_sized_segments_n_step_stitches(tmp_path, report):
     """Where imitation cannot win: on 'segments' data no log goes from an evaluation start to the goal, so
     filtered BC imitates tails that start elsewhere and return-to-go values every head at 0. The n-step
@@ -146,6 +148,7 @@ def test_benchmark_ci_sized_segments_n_step_stitches(tmp_path, report):
 CI_SEGMENTS = {"episodes": 200, "bc_steps": 400, "q_steps": 600}
 
 
+@pytest.mark.slow
 def test_value_probe_separates_successful_from_failed_first_actions(tmp_path, episodes):
     """train/value_probe.py: with calibrated (return-to-go) targets the logged first actions of failed
     episodes lose value against those of successful ones within a few dozen steps, and the run logs
@@ -204,6 +207,7 @@ def test_benchmark_refuses_a_dataset_collected_otherwise(tmp_path):
         run_benchmark(BenchSpec(tasks=["base_goto_red"], quality="stitch"), tmp_path)
 
 
+@pytest.mark.slow
 def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
     """--multitask: one dataset per task, their union as the training data, one run per method and
     seed, each evaluated on every task (tiny sizes: this checks the wiring, not the numbers)."""
@@ -234,6 +238,7 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
         run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0], episodes=3, multitask=True), tmp_path)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_seeds_in_parallel_workers(tmp_path, caplog):
     """--workers 2: the (task, seed) runs go to two spawned processes; the results come back per task in
     seed order, each seed's runs in its own folder, and the same checkpoints evaluated in a row (a second
@@ -273,6 +278,7 @@ def test_benchmark_multitask_refuses_tasks_of_different_layouts(tmp_path):
     assert not any(tmp_path.iterdir())   # refused before collecting anything
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["base_goto_red", "arm_reach_red"])
 def test_segments_data_has_no_log_from_the_start_to_the_goal(task):
     """'segments' data: every log is the head of a run (from an evaluation start to a cut part-way, ending

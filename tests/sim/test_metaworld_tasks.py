@@ -1,4 +1,4 @@
-"""External benchmark (issue 21): any Gymnasium env as a task, Meta-World v3 tasks through the whole
+"""External benchmark: any Gymnasium env as a task, Meta-World v3 tasks through the whole
 pipeline (scripted experts, operator presets, LeRobot v3.0 data, training, evaluation), real MuJoCo."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_cli import run
 
-gym = pytest.importorskip("gymnasium", reason="install the 'metaworld' extra (README: Meta-World)")
-pytest.importorskip("metaworld", reason="install the 'metaworld' extra (README: Meta-World)")
+gym = pytest.importorskip("gymnasium", reason="install the 'metaworld' extra (docs/tasks.md)")
+pytest.importorskip("metaworld", reason="install the 'metaworld' extra (docs/tasks.md)")
 
 BENCH_TASKS = ["metaworld/button-press-topdown-v3", "metaworld/drawer-open-v3", "metaworld/push-v3"]
 
@@ -91,6 +91,7 @@ def test_metaworld_scenes_follow_the_seed_and_frames_are_upright():
     b.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", BENCH_TASKS)
 def test_metaworld_scripted_expert_solves_the_task(task):
     from qsft_robot.sim.collect import rollout_expert
@@ -101,6 +102,7 @@ def test_metaworld_scripted_expert_solves_the_task(task):
     assert all(e.rewards[-1] == 1 and e.rewards[:-1].sum() == 0 for e in eps)
 
 
+@pytest.mark.slow
 def test_metaworld_operator_presets_give_mixed_quality():
     from qsft_robot.sim.collect import rollout_expert
 
@@ -116,6 +118,7 @@ def test_metaworld_operator_presets_give_mixed_quality():
         assert np.linalg.norm(w.state[-1, :3] - ref.state[-1, :3]) > 0.1
 
 
+@pytest.mark.slow
 def test_metaworld_collect_train_eval_end_to_end(tmp_path):
     ds = tmp_path / "ds"
     out = run("collect", "--task", BENCH_TASKS[0], "--episodes", "2", "--quality", "expert", "--out", str(ds))

@@ -2,7 +2,7 @@
 meaning its controller reads, and every stop (stale camera, e-stop, SIGINT) is a zero twist for end-effector
 velocities or holds the measured joints for absolute joint targets, never 'go to zero'.
 
-The base's stops are checked in test_ros_node.py / test_ros_faults.py; here: MoveIt Servo (servo_arm,
+The base's stops are checked in test_node.py / test_faults.py; here: MoveIt Servo (servo_arm,
 TwistStamped + gripper) and the SO-100-style joint-position arm (so100, JointTrajectory + JointState).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from test_ros_node import LEFT, PKG, RED, ROOT, Probe, next_domain, start, stop
+from test_node import LEFT, PKG, RED, ROOT, Probe, next_domain, start, stop
 
 rclpy = pytest.importorskip("rclpy", reason="install the 'ros' extra (ros-kilted-* wheels)")
 from geometry_msgs.msg import TwistStamped  # noqa: E402
@@ -21,6 +21,8 @@ from std_msgs.msg import Bool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from qsft_robot.ros.profiles import RobotProfile  # noqa: E402
+
+pytestmark = pytest.mark.slow   # the node and a probe as ROS 2 processes
 
 SO100 = RobotProfile.load(ROOT / "configs" / "robots" / "so100.yaml")
 SERVO = RobotProfile.load(ROOT / "configs" / "robots" / "servo_arm.yaml")

@@ -13,7 +13,7 @@ lerobot_dataset = pytest.importorskip(
     "lerobot.datasets.lerobot_dataset",
     reason="upstream lerobot is not installed (the `lerobot` extra; it pins its own torch, see docs/data.md)")
 
-from test_datasets import make_episodes  # noqa: E402
+from test_lerobot_writer import make_episodes  # noqa: E402
 
 from qsft_robot.data.lerobot_reader import read_lerobot  # noqa: E402
 from qsft_robot.data.lerobot_writer import write_lerobot_v30  # noqa: E402

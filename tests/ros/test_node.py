@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "ros2_ws" / "src" / "qsft_robot"
 os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)  # unique per test run
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -198,6 +198,7 @@ def base_node(**kw):
     return start("policy_node", PKG / "config" / "base.yaml", **params)
 
 
+@pytest.mark.slow
 def test_dry_run_publishes_at_control_rate_only_on_preview(probe):
     node = base_node()
     try:
@@ -216,6 +217,7 @@ def test_dry_run_publishes_at_control_rate_only_on_preview(probe):
     assert "dry run" in out
 
 
+@pytest.mark.slow
 def test_watchdog_stops_on_stale_camera_and_estop_latches(probe):
     node = base_node(max_image_age=0.3)
     try:
@@ -240,6 +242,7 @@ def test_watchdog_stops_on_stale_camera_and_estop_latches(probe):
         stop(node)
 
 
+@pytest.mark.slow
 def test_malformed_images_are_counted_and_skipped(probe):
     node = base_node()
     try:
@@ -256,6 +259,7 @@ def test_malformed_images_are_counted_and_skipped(probe):
     assert "malformed image skipped" in out
 
 
+@pytest.mark.slow
 def test_clean_shutdown_publishes_a_stop(probe):
     node = base_node(enable_actuation=True)
     try:
@@ -270,8 +274,9 @@ def test_clean_shutdown_publishes_a_stop(probe):
     assert last.linear.x == 0.0 and last.angular.z == 0.0
 
 
+@pytest.mark.slow
 def test_sim_bridge_and_node_reach_the_goal(probe, report):
-    # free-running: the bridge steps on its own 10 Hz clock, as a real robot would (lockstep: test_ros_sim_lockstep)
+    # free-running: the bridge steps on its own 10 Hz clock, as a real robot would (lockstep: test_sim_lockstep.py)
     bridge = start("sim_bridge", task="base_goto", seed=3, rate_hz=10.0, max_steps=400, lockstep=False)
     node = None
     try:
@@ -292,7 +297,7 @@ def test_sim_bridge_and_node_reach_the_goal(probe, report):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A 1-step Q-SFT checkpoint from 4 base_goto episodes, trained once per session (test_ros_sim_lockstep
+    """A 1-step Q-SFT checkpoint from 4 base_goto episodes, trained once per session (test_sim_lockstep.py
     imports this fixture too): only its plumbing matters, and training is the slow part."""
     from qsft_robot.config import load_config
     from qsft_robot.sim.collect import collect_episodes
@@ -304,6 +309,7 @@ def tiny_checkpoint(tmp_path_factory):
                                     "algo.num_bins=16"]), eps)
 
 
+@pytest.mark.slow
 def test_node_runs_a_trained_checkpoint(tiny_checkpoint, probe, report):
     ckpt = tiny_checkpoint
     node = base_node(policy="checkpoint", checkpoint=str(ckpt), device="cpu", control_hz=5.0, max_image_age=2.0)
@@ -367,6 +373,7 @@ def test_params_files_load_and_match_the_node():
         assert bool(params["joint_state_topic"]) or not prof.holds_position, profile
 
 
+@pytest.mark.slow
 def test_colcon_builds_the_workspace(tmp_path):
     """colcon from the package index builds the ament_python package; the install space holds the
     executables, launch file, params and robot profiles the launch file needs."""

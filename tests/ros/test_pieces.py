@@ -9,7 +9,7 @@ import pytest
 from qsft_robot.ros.image_conv import ImageFormatError, compressed_to_rgb, image_to_rgb, rgb_to_image_fields
 from qsft_robot.ros.safety import SafetyFilter, State, Watchdog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("enc", ["rgb8", "bgr8"])

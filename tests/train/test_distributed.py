@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from qsft_robot.data.lerobot_writer import write_lerobot_v30
 from qsft_robot.sim.collect import collect_episodes
 
+pytestmark = pytest.mark.slow   # multi-process training (torchrun, accelerate launch) and SIGKILL
+
 COMMON = ["--set", "algo.num_bins=16", "--set", "train.batch_size=8", "--set", "train.tensorboard=false",
           "--set", "train.warmup_steps=1", "--set", "train.keep_last=5"]
 
@@ -82,7 +84,7 @@ def free_port() -> int:
 
 
 def torchrun(data, out, steps, *extra, log_level="WARNING", launcher="torchrun"):
-    """2 processes, started the way the README says: torchrun, or accelerate launch (--multi_gpu is
+    """2 processes, started the way docs/training.md says: torchrun, or accelerate launch (--multi_gpu is
     accelerate's name for its torchrun path; it runs on CPU with gloo too)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = train_cmd(data, out, steps, *extra)
