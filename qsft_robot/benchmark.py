@@ -81,14 +81,14 @@ def _dataset(spec: BenchSpec, out: Path, task: str) -> tuple[Path, float]:
     """The task's dataset under out/<task>/dataset, collected once and reused after (same spec only):
     (its path, its success rate)."""
     from qsft_robot.data.lerobot_writer import write_lerobot_v30
-    from qsft_robot.sim.collect import FPS, collect_episodes
+    from qsft_robot.sim.collect import collect_episodes, fps_for
 
     data = out / task / "dataset"
     made_with = {"episodes": spec.episodes, "quality": spec.quality, "seed": 0, "image_size": 64}
     spec_file = out / task / "dataset_spec.json"
     if not (data / "meta" / "info.json").is_file():
         eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64, workers=spec.workers)
-        write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
+        write_lerobot_v30(eps, data, fps=fps_for(task), robot_type=task)
         spec_file.write_text(json.dumps(made_with))
         return data, float(np.mean([e.success for e in eps]))
     # reuse the dataset (and finished runs, which resume at their last step): same data only

@@ -22,7 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # command-line flag -> the config key it sets, per command
 COLLECT_FLAGS = {"task": "collect.task", "episodes": "collect.episodes", "quality": "collect.quality",
-                 "seed": "collect.seed", "image_size": "collect.image_size", "workers": "collect.workers"}
+                 "seed": "collect.seed", "image_size": "collect.image_size", "workers": "collect.workers",
+                 "max_steps": "collect.max_steps", "dataset_path": "collect.dataset_path"}
 TRAIN_FLAGS = {"data": "data.path", "algo": "algo.name", "out": "train.out_dir"}
 EVAL_FLAGS = {"task": "eval.task", "episodes": "eval.episodes", "seed": "eval.seed", "num_envs": "eval.num_envs",
               "videos": "eval.videos", "mode": "eval.mode", "image_size": "collect.image_size"}
@@ -58,11 +59,18 @@ def _load(a, flags: dict):
 
 def cmd_collect(a) -> int:
     from qsft_robot.data.lerobot_writer import write_lerobot_v30
-    from qsft_robot.sim.collect import FPS, collect_episodes
+    from qsft_robot.sim.collect import collect_episodes, fps_for
 
     c = _load(a, COLLECT_FLAGS).collect
-    eps = collect_episodes(c.task, c.episodes, c.quality, c.seed, c.image_size, c.workers)
-    path = write_lerobot_v30(eps, a.out, fps=FPS, robot_type=c.task)
+    if c.dataset_path:   # an upstream OGBench file, relabelled for the task's evaluation problem
+        if not c.task.startswith("ogbench/"):
+            raise SystemExit(f"--dataset-path reads an upstream OGBench .npz file: it needs an ogbench/<name> "
+                             f"task, not {c.task!r}")
+        from qsft_robot.sim.ogbench_play import episodes_from_npz
+        eps = episodes_from_npz(c.task, c.dataset_path)
+    else:
+        eps = collect_episodes(c.task, c.episodes, c.quality, c.seed, c.image_size, c.workers, c.max_steps)
+    path = write_lerobot_v30(eps, a.out, fps=fps_for(c.task), robot_type=c.task)
     if a.hdf5:
         from qsft_robot.data.hdf5_io import write_robomimic
         write_robomimic(eps, a.hdf5)
@@ -190,7 +198,12 @@ def _add_collect(sub) -> None:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
     _config_args(p)
     _flag_args(p, COLLECT_FLAGS, {"quality": " (default mixed): expert | mixed | poor | biased | stitch | "
-                                             "segments, sim/experts.py"})
+                                             "segments, sim/experts.py; play: OGBench play logs "
+                                             "(ogbench/<name> tasks, sim/ogbench_play.py)",
+                                  "episodes": " (default 100): episodes, or play logs for --quality play",
+                                  "max_steps": " (default 0): steps per play log (0: 1001, as upstream)",
+                                  "dataset_path": ": read this upstream OGBench .npz file (ogbench's loader) "
+                                                  "instead of collecting; --task names the evaluation task"})
     p.add_argument("--out", required=True)
     p.add_argument("--hdf5", help="also write a robomimic-layout HDF5 file here")
     p.set_defaults(fn=cmd_collect)
@@ -242,13 +255,15 @@ def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="BC vs filtered BC vs Q-SFT on mixed-quality sim data (table + chart)")
     # no defaults here: a flag left out keeps benchmark.BenchSpec's (arm_reach_red base_goto_red, seeds 0 1 2,
     # 200 biased episodes, BC 1000 / Q-SFT 1000 steps, 50 eval episodes from seed 1000, Q-SFT per Q_RECIPES)
-    p.add_argument("--tasks", nargs="+", help="built-in tasks (sim/registry.py) or metaworld/<env-name>, e.g. "
-                   "metaworld/button-press-topdown-v3 (the metaworld extra)")
+    p.add_argument("--tasks", nargs="+", help="built-in tasks (sim/registry.py), metaworld/<env-name>, e.g. "
+                   "metaworld/button-press-topdown-v3 (the metaworld extra), or ogbench/<name>, e.g. "
+                   "ogbench/visual-cube-single-play-singletask-task2-v0 (the ogbench extra, --quality play)")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--episodes", type=int)
     p.add_argument("--quality",
                    help="operator preset of the collected data: biased | stitch | segments | mixed | poor "
-                        "(sim/experts.py)")
+                        "(sim/experts.py); play for ogbench/<name> tasks (sim/ogbench_play.py): --episodes "
+                        "then counts 1001-step play logs")
     p.add_argument("--bc-steps", type=int)
     p.add_argument("--q-steps", type=int)
     p.add_argument("--eval-episodes", type=int)
