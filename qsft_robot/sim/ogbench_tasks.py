@@ -16,11 +16,11 @@ Choices (docs/ogbench.md):
   proprio state = gripper xyz (OGBench's own scaling: (p - (0.425, 0, 0)) * 10), gripper yaw and opening
   (0..1), computed from the joint positions alone (`proprio_from_qpos`), so that collected logs, upstream
   `.npz` files (which store qpos) and evaluation give the same numbers for the same state.
-- Rendering: OGBench's frames are rendered with 4096-px shadow maps and 4x multisampling, which costs
-  ~5x a plain frame with Mesa's software renderer. "fast" (the default) keeps the shadows at 512 px and
-  drops the multisampling: ~3.8x faster, a mean absolute difference of ~1/255 per pixel from the env's own
-  frame (edges only; measured, docs/ogbench.md). `@upstream` keeps the env's renderer: the published
-  datasets' frames, for a policy trained on an upstream `.npz` file.
+- Rendering: OGBench's frames are rendered with 4096-px shadow maps and 4x multisampling, costly with Mesa's
+  software renderer. "fast" (the default) keeps the shadows at 512 px and drops the multisampling: a frame
+  ~3.8x faster, a whole env step ~3x (measured on 2 busy cores), a mean absolute difference of ~1/255 per
+  pixel from the env's own frame (at edges; docs/ogbench.md). `@upstream` keeps the env's renderer: the
+  published datasets' frames, for a policy trained on an upstream `.npz` file.
 - Success and reward: the env's own success (all of the task's objects at their goals); sparse reward 1
   on the step that reaches it and the episode ends there (the project's convention, data/transitions). The
   env is made with success_timing="post" (OGBench's single-task default, "pre", reports a state's success one
