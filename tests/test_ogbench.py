@@ -24,6 +24,7 @@ def test_names_follow_ogbench():
         "visual-cube-single-singletask-task2-v0", "visual-cube-single-v0", "cube-single-singletask-task2-v0",
         "visual-cube-single-play-v0", "cube-single", 2, "fast")
     assert parse_name("ogbench/visual-cube-single-singletask-task2-v0").env_id == s.env_id   # the env id works too
+    assert parse_name(TASK + "@lite").render == "lite"
     up = parse_name("ogbench/visual-puzzle-3x3-play-singletask-v0@upstream")
     assert (up.env_id, up.play_env_id, up.task_id, up.render) == ("visual-puzzle-3x3-singletask-v0",
                                                                   "visual-puzzle-3x3-v0", 0, "upstream")
@@ -85,6 +86,11 @@ def test_tiny_env_through_gymtask(task):
     ob_info = u.compute_ob_info()
     assert np.allclose(obs["state"][:3], (ob_info["proprio/effector_pos"] - [0.425, 0, 0]) * 10, atol=0.02)
     assert abs(obs["state"][4] - ob_info["proprio/gripper_opening"][0]) < 1e-5
+    # @lite hides the robot's nearly transparent links only: not the gripper's pads, nothing of the scene
+    from qsft_robot.sim.ogbench_tasks import faint_robot_geoms
+    bodies = {u._model.body(u._model.geom_bodyid[g]).name for g in faint_robot_geoms(u._model)}
+    assert "ur5e/forearm_link" in bodies and all(b.startswith("ur5e/") for b in bodies)
+    assert not any(b.endswith("_pad") and "silicone" not in b for b in bodies)
     obs, r, term, trunc, info = task.step(np.zeros(5))
     assert (r, term, trunc, info["success"]) == (0.0, False, False, False)
     with pytest.raises(ValueError, match="non-finite"):
@@ -155,8 +161,9 @@ def test_upstream_npz_is_read_through_ogbenchs_loader(tmp_path, task):
 
 @needs_ogbench
 def test_ogbench_collect_train_eval_end_to_end(tmp_path):
+    """Through the CLI on the `@lite` renderer (the benchmark's; the robot's faint links not drawn)."""
     ds = tmp_path / "ds"
-    out = run("collect", "--task", TASK, "--quality", "play", "--episodes", "1", "--max-steps", "30",
+    out = run("collect", "--task", TASK + "@lite", "--quality", "play", "--episodes", "1", "--max-steps", "30",
               "--out", str(ds))
     assert "wrote" in out.stdout
     insp = json.loads(run("data", "inspect", str(ds), "--json").stdout)
@@ -164,8 +171,8 @@ def test_ogbench_collect_train_eval_end_to_end(tmp_path):
     # a 30-step log rarely meets task 2's goal: without a success, the reward rule is named rather than found
     run("train", "--data", str(ds), "--algo", "sft", "--out", str(tmp_path / "run"), "--set", "train.steps=2",
         "--set", "train.batch_size=4", "--set", "algo.num_bins=16", "--set", "data.reward=success")
-    run("eval", str(tmp_path / "run"), "--task", TASK, "--episodes", "1", "--num-envs", "1", "--videos", "1",
-        "--set", "eval.max_steps=6", "--out", str(tmp_path / "ev"))
-    res = json.loads((tmp_path / "ev" / f"eval_policy_{TASK.replace('/', '_')}.json").read_text())
+    run("eval", str(tmp_path / "run"), "--task", TASK + "@lite", "--episodes", "1", "--num-envs", "1", "--videos",
+        "1", "--set", "eval.max_steps=6", "--out", str(tmp_path / "ev"))
+    res = json.loads((tmp_path / "ev" / f"eval_policy_{TASK.replace('/', '_')}@lite.json").read_text())
     assert res["episodes"] == 1 and res["per_episode"][0]["length"] == 6
     assert res["per_episode"][0]["instruction"] == "move the cube away from the robot"
