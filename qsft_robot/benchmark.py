@@ -270,7 +270,9 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
 
 def format_markdown(results: dict) -> str:
     spec = results["spec"]
-    lines = [f"Data: {spec['episodes']} episodes per task, quality '{spec['quality']}'; BC/filtered BC "
+    size = (f"{spec['episodes']} play logs (1001 steps each, cut into episodes at the task's successes)"
+            if spec["quality"] == "play" else f"{spec['episodes']} episodes")
+    lines = [f"Data: {size} per task, quality '{spec['quality']}'; BC/filtered BC "
              f"{spec['bc_steps']} steps, Q-SFT {spec['q_steps']} steps on top of its seed's BC model; "
              f"{spec['eval_episodes']} eval episodes from seed {spec['eval_seed']} x training seeds "
              f"{spec['seeds']}.", "",
