@@ -40,12 +40,15 @@ def _opt(default, help: str, **cli):
 
 @dataclass
 class BenchSpec:
-    tasks: list[str] = _opt(["arm_reach_red", "base_goto_red"], "built-in tasks (sim/registry.py) or "
-                            "metaworld/<env-name>, e.g. metaworld/button-press-topdown-v3 (the metaworld extra)")
+    tasks: list[str] = _opt(["arm_reach_red", "base_goto_red"], "built-in tasks (sim/registry.py), "
+                            "metaworld/<env-name>, e.g. metaworld/button-press-topdown-v3 (the metaworld extra), or "
+                            "ogbench/<name>, e.g. ogbench/visual-cube-single-play-singletask-task2-v0 (the ogbench "
+                            "extra, --quality play)")
     seeds: list[int] = _opt([0, 1, 2], "training seeds")
     episodes: int = _opt(200, "dataset size per task")
     quality: str = _opt("biased", "operator preset of the collected data: biased | stitch | segments | mixed | poor "
-                        "(sim/experts.py)")
+                        "(sim/experts.py); play for ogbench/<name> tasks (sim/ogbench_play.py): --episodes then "
+                        "counts 1001-step play logs")
     bc_steps: int = _opt(1000, "BC and filtered BC steps")
     q_steps: int = _opt(1000, "Q-SFT steps on top of the seed's BC run (its pi_beta)")
     eval_episodes: int = _opt(50, "closed-loop evaluation episodes per policy")
@@ -77,14 +80,14 @@ def _dataset(spec: BenchSpec, out: Path, task: str) -> tuple[Path, float]:
     """The task's dataset under out/<task>/dataset, collected once and reused after (same spec only):
     (its path, its success rate)."""
     from qsft_robot.data.lerobot_writer import write_lerobot_v30
-    from qsft_robot.sim.collect import FPS, collect_episodes
+    from qsft_robot.sim.collect import collect_episodes, fps_for
 
     data = out / task / "dataset"
     made_with = {"episodes": spec.episodes, "quality": spec.quality, "seed": 0, "image_size": 64}
     spec_file = out / task / "dataset_spec.json"
     if not (data / "meta" / "info.json").is_file():
         eps = collect_episodes(task, spec.episodes, spec.quality, seed=0, image_size=64, workers=spec.workers)
-        write_lerobot_v30(eps, data, fps=FPS, robot_type=task)
+        write_lerobot_v30(eps, data, fps=fps_for(task), robot_type=task)
         spec_file.write_text(json.dumps(made_with))
         return data, float(np.mean([e.success for e in eps]))
     # reuse the dataset (and finished runs, which resume at their last step): same data only
@@ -266,7 +269,9 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
 
 def format_markdown(results: dict) -> str:
     spec = results["spec"]
-    lines = [f"Data: {spec['episodes']} episodes per task, quality '{spec['quality']}'; BC/filtered BC "
+    size = (f"{spec['episodes']} play logs (1001 steps each, cut into episodes at the task's successes)"
+            if spec["quality"] == "play" else f"{spec['episodes']} episodes")
+    lines = [f"Data: {size} per task, quality '{spec['quality']}'; BC/filtered BC "
              f"{spec['bc_steps']} steps, Q-SFT {spec['q_steps']} steps on top of its seed's BC model; "
              f"{spec['eval_episodes']} eval episodes from seed {spec['eval_seed']} x training seeds "
              f"{spec['seeds']}.", "",

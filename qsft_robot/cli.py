@@ -23,7 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # command-line flag -> the config key it sets, per command
 COLLECT_FLAGS = {"task": "collect.task", "episodes": "collect.episodes", "quality": "collect.quality",
-                 "seed": "collect.seed", "image_size": "collect.image_size", "workers": "collect.workers"}
+                 "seed": "collect.seed", "image_size": "collect.image_size", "workers": "collect.workers",
+                 "max_steps": "collect.max_steps", "dataset_path": "collect.dataset_path"}
 TRAIN_FLAGS = {"data": "data.path", "algo": "algo.name", "out": "train.out_dir"}
 EVAL_FLAGS = {"task": "eval.task", "episodes": "eval.episodes", "seed": "eval.seed", "num_envs": "eval.num_envs",
               "videos": "eval.videos", "mode": "eval.mode", "image_size": "collect.image_size"}
@@ -72,11 +73,18 @@ def _load(a, flags: dict):
 
 def cmd_collect(a) -> int:
     from qsft_robot.data.lerobot_writer import write_lerobot_v30
-    from qsft_robot.sim.collect import FPS, collect_episodes
+    from qsft_robot.sim.collect import collect_episodes, fps_for
 
     c = _load(a, COLLECT_FLAGS).collect
-    eps = collect_episodes(c.task, c.episodes, c.quality, c.seed, c.image_size, c.workers)
-    path = write_lerobot_v30(eps, a.out, fps=FPS, robot_type=c.task)
+    if c.dataset_path:   # an upstream OGBench file, relabelled for the task's evaluation problem
+        if not c.task.startswith("ogbench/"):
+            raise SystemExit(f"--dataset-path reads an upstream OGBench .npz file: it needs an ogbench/<name> "
+                             f"task, not {c.task!r}")
+        from qsft_robot.sim.ogbench_play import episodes_from_npz
+        eps = episodes_from_npz(c.task, c.dataset_path)
+    else:
+        eps = collect_episodes(c.task, c.episodes, c.quality, c.seed, c.image_size, c.workers, c.max_steps)
+    path = write_lerobot_v30(eps, a.out, fps=fps_for(c.task), robot_type=c.task)
     if a.hdf5:
         from qsft_robot.data.hdf5_io import write_robomimic
         write_robomimic(eps, a.hdf5)
@@ -204,7 +212,12 @@ def _add_collect(sub) -> None:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
     _config_args(p)
     _flag_args(p, COLLECT_FLAGS, {"quality": " (default mixed): expert | mixed | poor | biased | stitch | "
-                                             "segments, sim/experts.py"})
+                                             "segments, sim/experts.py; play: OGBench play logs "
+                                             "(ogbench/<name> tasks, sim/ogbench_play.py)",
+                                  "episodes": " (default 100): episodes, or play logs for --quality play",
+                                  "max_steps": " (default 0): steps per play log (0: 1001, as upstream)",
+                                  "dataset_path": ": read this upstream OGBench .npz file (ogbench's loader) "
+                                                  "instead of collecting; --task names the evaluation task"})
     p.add_argument("--out", required=True)
     p.add_argument("--hdf5", help="also write a robomimic-layout HDF5 file here")
     p.set_defaults(fn=cmd_collect)

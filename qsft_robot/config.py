@@ -167,6 +167,12 @@ class CollectConfig:
     # frames to its own model.image_size
     image_size: int = 64
     workers: int = 1
+    # OGBench play logs (quality play): steps per log, 0 = 1001 as upstream; the other qualities keep the
+    # task's own episode limit
+    max_steps: int = 0
+    # an upstream OGBench dataset file (.npz) to read instead of collecting (task: ogbench/<name>, whose
+    # evaluation problem relabels it; sim/ogbench_play.py)
+    dataset_path: str = ""
 
 
 @dataclass

@@ -11,6 +11,21 @@ from qsft_robot.data.episode import Episode
 
 logger = logging.getLogger(__name__)
 FPS = 10
+OGBENCH_QUALITIES = ("play", "expert")   # play: the upstream generator (sim/ogbench_play.py); expert: cube-single
+
+
+def fps_for(task: str) -> int:
+    """Frames per second of a task's logs (LeRobot metadata): OGBench controls at 20 Hz, the others at 10."""
+    return 20 if task.startswith("ogbench/") else FPS
+
+
+def check_quality(task: str, quality: str) -> None:
+    """Refuse a task/quality pair that cannot be collected, before any worker starts."""
+    if task.startswith("ogbench/") and quality not in OGBENCH_QUALITIES:
+        raise ValueError(f"{task}: OGBench data comes as --quality play (the upstream generator's random-task play "
+                         f"logs) or expert (cube-single only), not {quality!r}")
+    if quality == "play" and not task.startswith("ogbench/"):
+        raise ValueError(f"--quality play is OGBench's play data: it needs an ogbench/<name> task, not {task!r}")
 
 
 def rollout_expert(task: str, seed: int, quality: str, image_size: int) -> Episode:
@@ -54,19 +69,33 @@ def rollout_expert(task: str, seed: int, quality: str, image_size: int) -> Episo
                    terminated=terminated, meta={"seed": seed, **degradation})
 
 
+def rollout(task: str, seed: int, quality: str, image_size: int, max_steps: int = 0) -> list[Episode]:
+    """The episodes of one seed: one scripted rollout, or for `play` one OGBench play log cut into the
+    episodes of the task's evaluation problem (sim/ogbench_play.py). max_steps: the play log's length
+    (0: 1001, as upstream); the other qualities keep the task's own limit."""
+    if quality == "play":
+        from qsft_robot.sim.ogbench_play import play_episodes
+        return play_episodes(task, seed, image_size, max_steps)
+    return [rollout_expert(task, seed, quality, image_size)]
+
+
 def _chunk(args):
-    task, seeds, quality, image_size = args
-    return [rollout_expert(task, s, quality, image_size) for s in seeds]
+    task, seeds, quality, image_size, max_steps = args
+    return [rollout(task, s, quality, image_size, max_steps) for s in seeds]
 
 
 def collect_episodes(task: str, episodes: int, quality: str = "mixed", seed: int = 0, image_size: int = 64,
-                     workers: int = 1) -> list[Episode]:
+                     workers: int = 1, max_steps: int = 0) -> list[Episode]:
+    """`episodes` seeds from `seed` on; a play seed is one log and gives one episode or more (it is cut at the
+    evaluation task's successes), so the list can be longer than `episodes`."""
+    check_quality(task, quality)
     seeds = list(range(seed, seed + episodes))
     out: list[Episode] = []
-    with tqdm(total=episodes, desc=f"collect {task} ({quality})", unit="ep") as bar:
+    unit = "log" if quality == "play" else "ep"
+    with tqdm(total=episodes, desc=f"collect {task} ({quality})", unit=unit) as bar:
         if workers <= 1:
             for s in seeds:
-                out.append(rollout_expert(task, s, quality, image_size))
+                out += rollout(task, s, quality, image_size, max_steps)
                 bar.update(1)
         else:
             chunks = [seeds[i::workers * 4] for i in range(workers * 4)]
@@ -74,10 +103,14 @@ def collect_episodes(task: str, episodes: int, quality: str = "mixed", seed: int
 
             # spawn, not fork: a forked child inherits the parent's EGL/OpenGL state and can deadlock
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                for eps in pool.map(_chunk, [(task, c, quality, image_size) for c in chunks if c]):
-                    out += eps
-                    bar.update(len(eps))
-            out.sort(key=lambda e: e.meta["seed"])
+                for logs in pool.map(_chunk, [(task, c, quality, image_size, max_steps) for c in chunks if c]):
+                    for eps in logs:
+                        out += eps
+                    bar.update(len(logs))
+            out.sort(key=lambda e: (e.meta["seed"], e.meta.get("piece", 0)))
+    if not out:
+        raise RuntimeError(f"{task}: the {episodes} {quality} logs gave no episodes (every step was already "
+                           "at the evaluation task's goal)")
     rate = np.mean([e.success for e in out])
     logger.info("collected %d episodes of %s: success rate %.2f", len(out), task, rate)
     return out

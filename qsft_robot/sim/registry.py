@@ -18,12 +18,17 @@ TASKS = {
 
 
 def make_task(name: str, **kw):
-    """A task by name: the built-in MuJoCo tasks above, or `metaworld/<env-name>` (the metaworld extra)."""
+    """A task by name: the built-in MuJoCo tasks above, `metaworld/<env-name>` (the metaworld extra) or
+    `ogbench/<name>` (the ogbench extra)."""
     if name.startswith("metaworld/"):
         from qsft_robot.sim.metaworld_tasks import make_metaworld_task
         return make_metaworld_task(name, **kw)
+    if name.startswith("ogbench/"):
+        from qsft_robot.sim.ogbench_tasks import make_ogbench_task
+        return make_ogbench_task(name, **kw)
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {sorted(TASKS)} or metaworld/<env-name>")
+        raise ValueError(f"unknown task {name!r}; available: {sorted(TASKS)}, metaworld/<env-name> or "
+                         "ogbench/<name>")
     family, defaults = TASKS[name]
     if family == "arm":
         from qsft_robot.sim.arm import ArmTask
