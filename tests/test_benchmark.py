@@ -113,7 +113,7 @@ def test_benchmark_ci_sized(tmp_path, report):
     from qsft_robot.benchmark import BenchSpec, run_benchmark
     # frame-sampled batches at this size: episode weighting (the full-size setting) needs more than 150
     # steps here (measured 0.43 [0.27, 0.61] with it, 0.90 without)
-    spec = BenchSpec(tasks=["base_goto_red"], seeds=[0], episodes=60, bc_steps=200, q_steps=150, eval_episodes=30,
+    spec = BenchSpec(tasks=["base_goto_red"], seeds=[0], episodes=60, bc_steps=200, q_steps=150, eval_episodes=50,
                      q_recipes=["return_to_go"], q_overrides=["train.sampling=frame"])
     res = run_benchmark(spec, tmp_path)
     rows = res["tasks"]["base_goto_red"]["rows"]
@@ -134,12 +134,12 @@ def test_benchmark_ci_sized_segments_n_step_stitches(tmp_path, report):
     return-to-go beyond noise (disjoint Wilson 95% intervals) at CI size on base_goto_red."""
     from qsft_robot.benchmark import BenchSpec, run_benchmark
     spec = BenchSpec(tasks=["base_goto_red"], seeds=[0], episodes=CI_SEGMENTS["episodes"], quality="segments",
-                     bc_steps=CI_SEGMENTS["bc_steps"], q_steps=CI_SEGMENTS["q_steps"], eval_episodes=30,
+                     bc_steps=CI_SEGMENTS["bc_steps"], q_steps=CI_SEGMENTS["q_steps"], eval_episodes=50,
                      eval_seed=5000)
     res = run_benchmark(spec, tmp_path)
     rows = res["tasks"]["base_goto_red"]["rows"]
     report("segments benchmark (CI size: base_goto_red, " + ", ".join(f"{k} {v}" for k, v in CI_SEGMENTS.items())
-           + ", 30 eval episodes): " + ", ".join(f"{m} {rows[m]['mean']:.2f} {[round(x, 2) for x in rows[m]['ci95']]}"
+           + ", 50 eval episodes): " + ", ".join(f"{m} {rows[m]['mean']:.2f} {[round(x, 2) for x in rows[m]['ci95']]}"
                                                  for m in rows))
     assert rows["qsft_n_step"]["ci95"][0] > rows["qsft_return_to_go"]["ci95"][1], rows
     assert rows["qsft_n_step"]["ci95"][0] > rows["filtered_bc"]["ci95"][1], rows
