@@ -175,6 +175,14 @@ def test_train_steps_save_load_identical_logits(tmp_path, built, episodes, arch,
     ckpt = tr.train()
     after = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
     assert torch.isfinite(after).all() and not torch.equal(before, after)
+    pol, images, instr, state = _reload_gives_the_same_logits(tr, ckpt, episodes, algo)
+    with no_transformers_deprecations():
+        assert pol.act(images[:, None], instr, state).shape == (len(episodes), 4)
+
+
+def _reload_gives_the_same_logits(tr, ckpt, episodes, algo):
+    """Load `ckpt` as a policy and check its teacher-forced logits equal the trainer's model's on the episodes'
+    first frames: (the policy, images, instructions, states) for the checks after."""
     from qsft_robot.algo.policy import load_policy
     pol = load_policy(ckpt)
     images = np.stack([e.images["wrist"][0] for e in episodes])
@@ -184,8 +192,7 @@ def test_train_steps_save_load_identical_logits(tmp_path, built, episodes, arch,
     a = tr.adapter.teacher_forced_logits(tr.model.eval(), images, instr, state, toks, with_dummy=algo == "qsft")
     b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=algo == "qsft")
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    with no_transformers_deprecations():
-        assert pol.act(images[:, None], instr, state).shape == (len(episodes), 4)
+    return pol, images, instr, state
 
 
 @pytest.mark.parametrize("algo", ["qsft", "sft"])
@@ -213,15 +220,7 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, arch, 
         assert any(not torch.equal(a, b) for a, b in zip(tr.target.parameters(), tr.model.parameters()))
     assert (ckpt / "model" / "adapter_model.safetensors").is_file() and (tmp_path / "lora_base").is_dir()
     assert not list((ckpt / "model").glob("model*.safetensors")), "a LoRA checkpoint must not copy the base"
-    from qsft_robot.algo.policy import load_policy
-    pol = load_policy(ckpt)
-    images = np.stack([e.images["wrist"][0] for e in episodes])
-    instr = [e.instruction for e in episodes]
-    state = np.stack([e.state[0] for e in episodes])
-    toks = tr.data.tokens[:len(episodes)]
-    a = tr.adapter.teacher_forced_logits(tr.model.eval(), images, instr, state, toks, with_dummy=algo == "qsft")
-    b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=algo == "qsft")
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    pol, images, instr, state = _reload_gives_the_same_logits(tr, ckpt, episodes, algo)
     with no_transformers_deprecations():  # the views switch adapters between the two models' cached steps
         kw = dict(mode=pol.mode, behavior_model=pol.behavior_model, support_eps=pol.support_eps)
         np.testing.assert_array_equal(pol.act_tokens(images[:, None], instr, state),
