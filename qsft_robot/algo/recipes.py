@@ -26,9 +26,3 @@ Q_LABELS = {"n_step": "Q-SFT (n-step)", "return_to_go": "Q-SFT (return-to-go)"}
 # return-to-go by 0.09 (report seeds; docs/results.md), more than the 0.05 a default may give up
 DEFAULT_RECIPE = "return_to_go"
 
-
-def recipe(name: str) -> list[str]:
-    """The overrides of Q-SFT recipe `name`; a clear error naming the choices for any other name."""
-    if name not in Q_RECIPES:
-        raise ValueError(f"unknown Q-SFT recipe {name!r}; choose from {sorted(Q_RECIPES)}")
-    return list(Q_RECIPES[name])
