@@ -24,9 +24,22 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "gate_pro
                    "fc1", "fc2", "lm_head"]
 
 
+# a VLM's projector is new for every task (random in a preset built here), so it trains whole, as LLaVA's LoRA
+# recipe trains it: peft's modules_to_save, one full copy per adapter
+PROJECTORS = ("multi_modal_projector", "connector")
+
+
 def _layers(peft_model):
+    """The adapter-holding layers: LoRA layers and the modules_to_save copies (the projector)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
-    return [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    return [m for m in peft_model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
+
+def projector_names(model) -> list[str]:
+    """The projector module names of `model` (PROJECTORS) that peft should train whole."""
+    inner = getattr(model, "model", model)
+    return [n for n in PROJECTORS if isinstance(getattr(inner, n, None), torch.nn.Module)]
 
 
 class AdapterView(torch.nn.Module):
@@ -52,8 +65,10 @@ class AdapterView(torch.nn.Module):
         return self.peft_model.base_model.model.dtype
 
     def activate(self) -> None:
-        for layer in _layers(self.peft_model):
-            layer._active_adapter = [self.adapter_name]
+        from peft.utils.other import AuxiliaryTrainingWrapper
+        for layer in _layers(self.peft_model):   # a modules_to_save wrapper holds one name, a LoRA layer a list
+            layer._active_adapter = (self.adapter_name if isinstance(layer, AuxiliaryTrainingWrapper)
+                                     else [self.adapter_name])
 
     def forward(self, **kw):
         self.activate()
@@ -88,11 +103,12 @@ def wrap_with_lora(model, base_dir: str | Path, names: list[str], rank: int = 16
     """Freeze `model` and give it one LoRA adapter per name; returns name -> AdapterView.
 
     Adapters after the first start as copies of the first (theta_bar = theta at step 0; pi_beta
-    from the same point, as in full fine-tuning where all three are copies of one model)."""
+    from the same point, as in full fine-tuning where all three are copies of one model). The projector
+    (PROJECTORS) is not low-rank: each adapter has its own whole copy of it."""
     from peft import LoraConfig, get_peft_model
     model.requires_grad_(False)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets or DEFAULT_TARGETS, lora_dropout=0.0,
-                     init_lora_weights="gaussian")
+                     init_lora_weights="gaussian", modules_to_save=projector_names(model) or None)
     peft_model = get_peft_model(model, cfg, adapter_name=names[0])
     for n in names[1:]:
         peft_model.add_adapter(n, cfg)

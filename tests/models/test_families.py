@@ -1,10 +1,7 @@
 """Every supported VLM family (real HF classes from small configs) trains a Q-SFT step and decodes."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +14,8 @@ from qsft_robot.models.small_vlms import ARCHS, build_small_vlm
 from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.sim.collect import collect_episodes
 from qsft_robot.train.trainer import Trainer
+
+from model_checks import no_transformers_deprecations, reload_gives_the_same_logits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,35 +52,6 @@ def _inputs(n=3, cams=1, seed=1):
     shape = (n, 64, 64, 3) if cams == 1 else (n, cams, 64, 64, 3)
     return (rng.integers(0, 255, shape, dtype=np.uint8), ["reach the red block", "reach the blue block", "red"][:n],
             rng.normal(size=(n, 4)).round(2))
-
-
-@contextlib.contextmanager
-def no_transformers_deprecations():
-    """Deprecation notices from transformers become test failures, so the next release's removal of an
-    API the decoder uses is caught here, not by a user. transformers reports them two ways: FutureWarning
-    (`deprecate_kwarg`, e.g. `past_key_values` -> `cache`) and its logger's `warning_once`, whose memo
-    is cleared first (a notice already logged earlier in the session would otherwise stay silent)."""
-    from transformers.utils import logging as hf_logging
-
-    seen: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record):
-            if "deprecat" in record.getMessage().lower():
-                seen.append(record.getMessage())
-
-    handler = _Collect(level=logging.WARNING)
-    hf_logger = logging.getLogger("transformers")
-    hf_logging.warning_once.cache_clear()
-    hf_logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", FutureWarning)
-            warnings.simplefilter("error", DeprecationWarning)
-            yield
-    finally:
-        hf_logger.removeHandler(handler)
-    assert not seen, f"transformers logged deprecations: {seen}"
 
 
 def _step_logits_agree(ad, images, instr, state, cache_implementation="dynamic"):
@@ -175,24 +145,9 @@ def test_train_steps_save_load_identical_logits(tmp_path, built, episodes, arch,
     ckpt = tr.train()
     after = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
     assert torch.isfinite(after).all() and not torch.equal(before, after)
-    pol, images, instr, state = _reload_gives_the_same_logits(tr, ckpt, episodes, algo)
+    pol, images, instr, state = reload_gives_the_same_logits(tr, ckpt, episodes, algo)
     with no_transformers_deprecations():
         assert pol.act(images[:, None], instr, state).shape == (len(episodes), 4)
-
-
-def _reload_gives_the_same_logits(tr, ckpt, episodes, algo):
-    """Load `ckpt` as a policy and check its teacher-forced logits equal the trainer's model's on the episodes'
-    first frames: (the policy, images, instructions, states) for the checks after."""
-    from qsft_robot.algo.policy import load_policy
-    pol = load_policy(ckpt)
-    images = np.stack([e.images["wrist"][0] for e in episodes])
-    instr = [e.instruction for e in episodes]
-    state = np.stack([e.state[0] for e in episodes])
-    toks = tr.data.tokens[:len(episodes)]
-    a = tr.adapter.teacher_forced_logits(tr.model.eval(), images, instr, state, toks, with_dummy=algo == "qsft")
-    b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=algo == "qsft")
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    return pol, images, instr, state
 
 
 @pytest.mark.parametrize("algo", ["qsft", "sft"])
@@ -205,22 +160,30 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, arch, 
                              "train.tensorboard=false", "train.lr=0.01"])
     tr = Trainer(cfg, episodes)
     peft_model = tr.model.peft_model
-    base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
+    base = {n: p.detach().clone() for n, p in peft_model.named_parameters()
+            if "lora_" not in n and "modules_to_save" not in n}
+    projector = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "modules_to_save.theta." in n}
     theta0 = [p.detach().clone() for p in tr.model.parameters()]
     if algo == "qsft":  # three adapters share one base: the behaviour view holds no base weights
         ids = {id(p) for p in tr.behavior.parameters()}
         assert not ids & {id(p) for p in tr.model.parameters()} and not ids & {id(p) for p in tr.target.parameters()}
     ckpt = tr.train()
     for n, p in peft_model.named_parameters():
-        if "lora_" not in n:
+        if n in base:
             assert torch.equal(p, base[n]), f"base weight {n} changed"
+    # the projector (LLaVA, PaliGemma: multi_modal_projector; Idefics3, SmolVLM2: connector) trains whole, in
+    # theta's own copy; Qwen's merger sits inside its vision tower and stays frozen with it
+    assert bool(projector) == (arch not in ("qwen2_vl", "qwen2_5_vl"))
+    params = dict(peft_model.named_parameters())
+    assert all(p.requires_grad for n, p in params.items() if n in projector)
+    assert not projector or any(not torch.equal(params[n], v) for n, v in projector.items()), "projector did not train"
     assert any(not torch.equal(a, b) for a, b in zip(theta0, tr.model.parameters())), "adapter did not train"
     if algo == "qsft":  # theta_bar moved towards theta by Polyak, but is not theta
         assert any(not torch.equal(a, b) for a, b in zip(tr.target.parameters(), theta0))
         assert any(not torch.equal(a, b) for a, b in zip(tr.target.parameters(), tr.model.parameters()))
     assert (ckpt / "model" / "adapter_model.safetensors").is_file() and (tmp_path / "lora_base").is_dir()
     assert not list((ckpt / "model").glob("model*.safetensors")), "a LoRA checkpoint must not copy the base"
-    pol, images, instr, state = _reload_gives_the_same_logits(tr, ckpt, episodes, algo)
+    pol, images, instr, state = reload_gives_the_same_logits(tr, ckpt, episodes, algo)
     with no_transformers_deprecations():  # the views switch adapters between the two models' cached steps
         kw = dict(mode=pol.mode, behavior_model=pol.behavior_model, support_eps=pol.support_eps)
         np.testing.assert_array_equal(pol.act_tokens(images[:, None], instr, state),
