@@ -61,6 +61,8 @@ class BenchSpec:
     config: str = _opt("", "YAML config every run starts from (see configs/; empty: the defaults)")
     multitask: bool = _opt(False, "one policy per method and seed over the union of the tasks' data, evaluated "
                            "per task")
+    unseen_phrasings: bool = _opt(False, "also evaluate every policy on its task's held-out phrasings "
+                                  "(<task>_unseen, the *_lang tasks: sim/phrasings.py), as rows of their own")
     # rendering is most of a Meta-World step; one training process keeps ~1 core busy
     workers: int = _opt(1, "collection processes, and training seeds run at once")
 
@@ -203,6 +205,17 @@ def _rows(runs: dict) -> dict:
     return rows
 
 
+def _unseen_phrasings(task: str, wanted: bool) -> list[str]:
+    """[<task>_unseen] when wanted (ValueError if `task` has no held-out phrasings), else []."""
+    from qsft_robot.sim.registry import TASKS
+    if not wanted:
+        return []
+    if f"{task}_unseen" not in TASKS:
+        raise ValueError(f"--unseen-phrasings: task {task!r} has no held-out phrasings; the *_lang tasks have "
+                         f"({', '.join(t for t in TASKS if t.endswith('_lang'))})")
+    return [f"{task}_unseen"]
+
+
 def _check_multitask(tasks: list[str]) -> None:
     """One policy over several tasks needs one observation and action layout: refuse a mix before any
     collection (say which task differs) rather than fail on the union dataset after it."""
@@ -240,25 +253,28 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
             raise ValueError(f"--{name} lists a value twice: {values}")
     if spec.multitask:
         _check_multitask(spec.tasks)
+    # the tasks each policy is evaluated on, per training task: itself, and its held-out phrasings if asked
+    evaluated = {task: [task, *_unseen_phrasings(task, spec.unseen_phrasings)] for task in spec.tasks}
     datasets = {task: _dataset(spec, out, task) for task in spec.tasks}
+    data_success = {e: datasets[task][1] for task, evs in evaluated.items() for e in evs}
     root = out / "multitask" if spec.multitask else out
     if spec.multitask:
         union = _union_dataset([d for d, _ in datasets.values()], root)
-        jobs = [(union, root / f"seed{seed}", {t: root / t / f"seed{seed}" for t in spec.tasks}, seed)
+        jobs = [(union, root / f"seed{seed}", {e: root / e / f"seed{seed}" for e in data_success}, seed)
                 for seed in spec.seeds]
     else:
-        jobs = [(datasets[task][0], out / task / f"seed{seed}", {task: out / task / f"seed{seed}"}, seed)
-                for task in spec.tasks for seed in spec.seeds]
-    done, left = [], set(spec.tasks)
+        jobs = [(datasets[task][0], out / task / f"seed{seed}", {e: out / e / f"seed{seed}" for e in evaluated[task]},
+                 seed) for task in spec.tasks for seed in spec.seeds]
+    done, left = [], set(data_success)
     for result in _run_seeds(spec, jobs):
         done.append(result)
         for task in sorted(left):  # a task's results are written once all its seeds are in
             per_seed = [r[task] for r in done if task in r]
             if len(per_seed) == len(spec.seeds):
-                _task_result(results, root, task, datasets[task][1],
+                _task_result(results, root, task, data_success[task],
                              {m: [r[m] for r in per_seed] for m in methods(spec)})
                 left.discard(task)
-    results["tasks"] = {task: results["tasks"][task] for task in spec.tasks}
+    results["tasks"] = {task: results["tasks"][task] for task in data_success}
     results["wall_s"] = time.perf_counter() - t0
     results["plot"] = str(root / "offline_rl.png")
     (root / "results.json").write_text(json.dumps(results, indent=2))

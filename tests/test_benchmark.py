@@ -239,6 +239,26 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
 
 
 @pytest.mark.slow
+def test_benchmark_evaluates_held_out_phrasings_as_rows_of_their_own(tmp_path):
+    """--unseen-phrasings: the policies trained on arm_reach_lang are evaluated on arm_reach_lang_unseen too, the
+    same runs (no second training), the same scenes; a task without held-out phrasings is refused up front."""
+    from qsft_robot.benchmark import BenchSpec, methods, run_benchmark
+
+    spec = BenchSpec(tasks=["arm_reach_lang"], seeds=[0], episodes=3, bc_steps=2, q_steps=2, eval_episodes=2,
+                     q_recipes=["return_to_go"], unseen_phrasings=True, overrides=["train.batch_size=4"])
+    res = run_benchmark(spec, tmp_path)
+    assert list(res["tasks"]) == ["arm_reach_lang", "arm_reach_lang_unseen"]
+    seen, unseen = (res["tasks"][t] for t in res["tasks"])
+    assert seen["data_success"] == unseen["data_success"]
+    for m in methods(spec):
+        assert seen["runs"][m][0]["checkpoint"] == unseen["runs"][m][0]["checkpoint"]
+        assert unseen["rows"][m]["n"] == 2
+    assert not (tmp_path / "arm_reach_lang_unseen" / "seed0" / "sft").exists()   # evaluated there, not trained
+    assert "| arm_reach_lang_unseen |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="has no held-out phrasings"):
+        run_benchmark(BenchSpec(tasks=["arm_reach_red"], unseen_phrasings=True), tmp_path / "other")
+
+
 def test_benchmark_runs_seeds_in_parallel_workers(tmp_path, caplog):
     """--workers 2: the (task, seed) runs go to two spawned processes; the results come back per task in
     seed order, each seed's runs in its own folder, and the same checkpoints evaluated in a row (a second

@@ -54,6 +54,7 @@ class ArmTask(MujocoTask):
     CAMERAS = ("wrist", "front")
     TASK_KINDS = ("reach", "push", "pick_place")
     video_camera = "front"
+    phrase_family = "arm"    # reach only: sim/phrasings.py names one block
 
     def __init__(self, kind: str = "reach", max_delta: float = 0.03, substeps: int = 10, camera: str = "wrist",
                  target: str = "", **kw):
@@ -70,6 +71,8 @@ class ArmTask(MujocoTask):
             raise ValueError(f"unknown arm camera {camera!r}; choose from {self.CAMERAS}")
         if target and target not in BLOCKS:
             raise ValueError(f"unknown block {target!r}; choose from {BLOCKS}")
+        if kw.get("phrasings") and kind != "reach":
+            raise ValueError(f"phrasings name the one block of a reach; {kind!r} names two")
         self.camera = camera
         self.fixed_target = target  # '' : a random block per episode (language-conditioned)
         kw.setdefault("max_steps", {"reach": 30, "push": 60, "pick_place": 70}[kind])

@@ -47,6 +47,7 @@ class MobileBaseTask(MujocoTask):
     action_dim = 2
     state_dim = 2
     camera = "ego"
+    phrase_family = "base"
 
     def __init__(self, max_lin: float = 0.5, max_ang: float = 1.5, control_dt: float = 0.2, target: str = "",
                  **kw):

@@ -43,10 +43,21 @@ class MujocoTask:
     video_camera: str = ""          # what videos show; empty: the observation camera
     state_dim: int = 0
 
-    def __init__(self, image_size: int = 64, max_steps: int = 40, render_size: int = 192, oracle_state: bool = False):
+    phrase_family: str = ""         # sim/phrasings.py: the instruction frames this task's targets are named in
+
+    def __init__(self, image_size: int = 64, max_steps: int = 40, render_size: int = 192, oracle_state: bool = False,
+                 phrasings: str = ""):
         """oracle_state: append the objects' positions (robot frame) to the proprio state, so the value
-        learning of an algorithm can be judged apart from perception (the `*_oracle` tasks)."""
+        learning of an algorithm can be judged apart from perception (the `*_oracle` tasks).
+        phrasings: '' (the task's one fixed sentence), 'seen' or 'unseen' (sim/phrasings.py): each episode
+        names its target in a sentence drawn from that set (the `*_lang` tasks)."""
+        from qsft_robot.sim.phrasings import SPLITS
+        if phrasings and phrasings not in SPLITS:
+            raise ValueError(f"unknown phrasing split {phrasings!r}; choose from {SPLITS}")
+        if phrasings and not self.phrase_family:
+            raise ValueError(f"{type(self).__name__} has no phrasings")
         self.oracle_state = oracle_state
+        self.phrasings = phrasings
         self.image_size = image_size
         self.max_steps = max_steps
         self.render_size = render_size
@@ -97,6 +108,9 @@ class MujocoTask:
             self.data = mujoco.MjData(self.model)
         mujoco.mj_resetData(self.model, self.data)
         self._randomize()
+        if self.phrasings:   # drawn after the scene, so the scene of a seed is the same in every phrasing set
+            from qsft_robot.sim.phrasings import phrase
+            self.instruction = phrase(self.phrase_family, self.target, self.phrasings, self.rng)
         mujoco.mj_forward(self.model, self.data)
         self.t = 0
         return self.observation(), {"success": False, "instruction": self.instruction, "target": self.target}

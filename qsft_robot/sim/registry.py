@@ -14,6 +14,13 @@ TASKS = {
     # the same with the objects' positions in the state: algorithm and perception judged apart
     "arm_reach_red_oracle": ("arm", {"kind": "reach", "target": "red", "oracle_state": True}),
     "base_goto_red_oracle": ("base", {"target": "red", "oracle_state": True}),
+    # language-conditioned: a random target per episode, named in a sentence from the logged phrasing set;
+    # *_unseen names it in held-out sentences and synonyms (sim/phrasings.py). Every object's position is in the
+    # state, so the instruction is the only thing that says which one to go to, and perception is not judged
+    "arm_reach_lang": ("arm", {"kind": "reach", "oracle_state": True, "phrasings": "seen"}),
+    "arm_reach_lang_unseen": ("arm", {"kind": "reach", "oracle_state": True, "phrasings": "unseen"}),
+    "base_goto_lang": ("base", {"oracle_state": True, "phrasings": "seen"}),
+    "base_goto_lang_unseen": ("base", {"oracle_state": True, "phrasings": "unseen"}),
 }
 
 
