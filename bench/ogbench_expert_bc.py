@@ -1,0 +1,82 @@
+"""Can the policy imitate a perfect operator on an OGBench task at all? BC on the evaluation task's own noise-free
+oracle demos, optionally with more in the state than the product's observation gives, evaluated closed loop on
+held-out and on the training episodes' seeds. docs/ogbench.md ("Results") has the numbers.
+
+    python bench/ogbench_expert_bc.py --extra-state none           # pixels + proprio, as the product
+    python bench/ogbench_expert_bc.py --extra-state cube           # + the cube's position and yaw (privileged)
+    python bench/ogbench_expert_bc.py --extra-state prev_action    # + the previous action
+
+Why the extra state is patched into the task class here instead of being a product option: it is a diagnostic of
+what the observation lacks, not an observation anyone should deploy (the cube's pose is not measured on a robot).
+Everything runs in this one process (collection workers 1), so the patched class is the one every env uses.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import OUT, table  # noqa: E402
+
+TASK = "ogbench/visual-cube-single-play-singletask-task1-v0@lite"
+
+
+def patch_state(extra: str) -> None:
+    from qsft_robot.sim import ogbench_tasks as ot
+    state, step, reset = ot.OGBenchTask.state, ot.OGBenchTask.step, ot.OGBenchTask.reset
+    if extra == "cube":
+        def with_cube(self):
+            info = self.unwrapped.compute_ob_info()
+            yaw = info["privileged/block_0_yaw"]
+            return np.concatenate([state(self), (info["privileged/block_0_pos"] - ot.XYZ_CENTER) * 10,
+                                   np.ravel([np.cos(yaw), np.sin(yaw)])]).astype(np.float32)
+        ot.OGBenchTask.state = with_cube
+    elif extra == "prev_action":
+        def with_prev(self):
+            return np.concatenate([state(self), getattr(self, "_prev", np.zeros(5))]).astype(np.float32)
+
+        def step_prev(self, action):
+            out = step(self, action)   # its observation was built before _prev moved: rebuilt
+            self._prev = np.clip(np.asarray(action, dtype=np.float64), -1, 1)
+            return ({**out[0], "state": self.state()}, *out[1:])
+
+        def reset_prev(self, seed=None):
+            self._prev = np.zeros(5)
+            return reset(self, seed)
+        ot.OGBenchTask.state, ot.OGBenchTask.step, ot.OGBenchTask.reset = with_prev, step_prev, reset_prev
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--extra-state", choices=["none", "cube", "prev_action"], default="none")
+    ap.add_argument("--demos", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--episodes", type=int, default=20)
+    a = ap.parse_args()
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.algo.recipes import BASE_SETS
+    from qsft_robot.config import load_config, setup_logging
+    from qsft_robot.sim.collect import collect_episodes
+    from qsft_robot.sim.evaluate import evaluate
+    from qsft_robot.train.trainer import train
+
+    setup_logging("INFO")
+    patch_state(a.extra_state)
+    eps = collect_episodes(TASK, a.demos, "expert", seed=0, image_size=64, workers=1)
+    run = OUT / f"ogbench_expert_bc_{a.extra_state}"
+    ckpt = train(load_config(None, [*BASE_SETS, "algo.name=sft", f"train.steps={a.steps}", f"train.out_dir={run}",
+                                    "train.eval_every=0"]), eps)
+    rows = []
+    for label, seed in (("held-out seeds from 5000", 5000), ("the training episodes' seeds from 0", 0)):
+        s = evaluate(load_policy(ckpt), TASK, episodes=a.episodes, seed=seed, num_envs=10, videos=0)
+        rows.append([label, f"{s['success_rate']:.2f}", s["episodes"]])
+    table(f"BC on {a.demos} oracle demos of {TASK} ({np.mean([e.success for e in eps]):.2f} successful), "
+          f"{a.steps} steps, state + {a.extra_state} ({eps[0].state.shape[1]} numbers)",
+          ["evaluation episodes", "success", "n"], rows)
+
+
+if __name__ == "__main__":
+    main()
