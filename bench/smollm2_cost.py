@@ -22,6 +22,41 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import OUT, episodes, machine, table  # noqa: E402
 
 
+def measure(a, eps, label: str, sets: list, clock, decode: bool) -> tuple[float, float | None]:
+    """(seconds per train step, seconds per action or None) of one configuration."""
+    import torch
+
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.config import load_config
+    from qsft_robot.train.trainer import Trainer
+
+    run = OUT / f"smollm2_cost_{''.join(c if c.isalnum() else '_' for c in label + ' '.join(sets))}"[:200]
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = load_config(None, sets + [
+        f"train.out_dir={run}", f"train.batch_size={a.batch}", "train.steps=100000", "train.save_every=100000",
+        "algo.num_bins=256", f"model.dtype={a.dtype}", f"train.device={a.device}", "train.tensorboard=false"])
+    tr = Trainer(cfg, eps)
+    if tr.frozen_behavior_due():
+        tr.pi_cache = tr.build_behavior_cache()   # once per dataset, outside the step time
+    tr.train_step()
+    t = clock()
+    for _ in range(a.steps):
+        tr.train_step()
+    step = (clock() - t) / a.steps
+    if not decode:
+        return step, None
+    pol = load_policy(tr.checkpoint(), device=a.device)
+    for m in (pol.adapter.model, pol.behavior_model):
+        m.to(getattr(torch, a.dtype))
+    cam = next(iter(eps[0].images))
+    args = (eps[0].images[cam][:1][None], [eps[0].instruction], eps[0].state[:1])
+    pol.act_tokens(*args)
+    t = clock()
+    for _ in range(a.repeat):
+        pol.act_tokens(*args)
+    return step, (clock() - t) / a.repeat
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
@@ -42,10 +77,6 @@ def main():
         torch.cuda.synchronize()
         return time.perf_counter()
 
-    from qsft_robot.algo.policy import load_policy
-    from qsft_robot.config import load_config
-    from qsft_robot.train.trainer import Trainer
-
     eps = episodes("arm_reach_lang", n=16)
     models = {"tiny": ["model.preset=tiny"],
               **{f"smollm2, {k} layers, LoRA 16": ["model.preset=smollm2", f"model.smollm2_layers={k}"]
@@ -56,32 +87,9 @@ def main():
     steps, decode = {}, {}
     for model, msets in models.items():
         for algo, asets in algos.items():
-            run = OUT / f"smollm2_cost_{''.join(c if c.isalnum() else '_' for c in model + algo)}"
-            shutil.rmtree(run, ignore_errors=True)
-            cfg = load_config(None, msets + asets + [
-                f"train.out_dir={run}", f"train.batch_size={a.batch}", "train.steps=100000", "train.save_every=100000",
-                "algo.num_bins=256", f"model.dtype={a.dtype}", f"train.device={a.device}", "train.tensorboard=false"])
-            tr = Trainer(cfg, eps)
-            if tr.frozen_behavior_due():
-                tr.pi_cache = tr.build_behavior_cache()   # once per dataset, outside the step time
-            tr.train_step()
-            t = clock()
-            for _ in range(a.steps):
-                tr.train_step()
-            steps[model, algo] = (clock() - t) / a.steps
-            if algo == "Q-SFT return-to-go":
-                pol = load_policy(tr.checkpoint(), device=a.device)
-                for m in (pol.adapter.model, pol.behavior_model):
-                    m.to(getattr(torch, a.dtype))
-                cam = next(iter(eps[0].images))
-                img = eps[0].images[cam][:1][None]
-                args = (img, [eps[0].instruction], eps[0].state[:1])
-                pol.act_tokens(*args)
-                t = clock()
-                for _ in range(a.repeat):
-                    pol.act_tokens(*args)
-                decode[model] = (clock() - t) / a.repeat
-            del tr
+            steps[model, algo], acting = measure(a, eps, model, msets + asets, clock, decode=algo != "BC")
+            if acting is not None:
+                decode[model] = acting
     base = {algo: steps["tiny", algo] for algo in algos}
     rows = [[m, algo, f"{v:.3f}", f"{v / base[algo]:.1f}x"] for (m, algo), v in steps.items()]
     table(f"train step, batch {a.batch}, {a.device} {a.dtype} — {machine()}",

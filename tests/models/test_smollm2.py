@@ -17,8 +17,10 @@ LAYERS = 2
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return cached_base(tmp_path_factory.mktemp("cache"), 48, 8, 16, LAYERS)
+def base():
+    """The session's cache (conftest: a fresh QSFT_ROBOT_CACHE per run), where the training test finds it too."""
+    from qsft_robot.data.feature_cache import default_cache_root
+    return cached_base(default_cache_root(), 48, 8, 16, LAYERS)
 
 
 @needs_weights
@@ -58,10 +60,10 @@ def test_base_holds_the_wheels_weights_and_is_built_once(base):
 
 @needs_weights
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["qsft", "sft"])
-def test_trains_lora_reloads_and_acts(tmp_path, algo):
+def test_trains_lora_reloads_and_acts(tmp_path, algo="qsft"):
     """LoRA by default (three adapters over one frozen base, the projector trained whole); the checkpoint
-    holds the adapters only, reloads to the same logits and acts through the KV-cached decoder."""
+    holds the adapters only, reloads to the same logits and acts through the KV-cached decoder. Q-SFT only:
+    BC is the same code with one adapter (tests/models/test_families.py runs both on every family)."""
     from qsft_robot.config import load_config
     from qsft_robot.sim.collect import collect_episodes
     from qsft_robot.train.trainer import Trainer
