@@ -51,6 +51,11 @@ class AdapterView(torch.nn.Module):
             [p for n, p in peft_model.named_parameters() if f".{name}." in n or n.endswith(f".{name}")])
         if not len(self.adapter_params):
             raise ValueError(f"no parameters for adapter {name!r}")
+        from peft.utils.other import AuxiliaryTrainingWrapper
+        # the layers `activate` switches, found once (they do not change after the adapters are added) instead of
+        # walking every module of the model on every forward. A modules_to_save wrapper holds one adapter name, a
+        # LoRA layer a list
+        self._switch = [(layer, isinstance(layer, AuxiliaryTrainingWrapper)) for layer in _layers(peft_model)]
 
     @property
     def peft_model(self):
@@ -65,10 +70,8 @@ class AdapterView(torch.nn.Module):
         return self.peft_model.base_model.model.dtype
 
     def activate(self) -> None:
-        from peft.utils.other import AuxiliaryTrainingWrapper
-        for layer in _layers(self.peft_model):   # a modules_to_save wrapper holds one name, a LoRA layer a list
-            layer._active_adapter = (self.adapter_name if isinstance(layer, AuxiliaryTrainingWrapper)
-                                     else [self.adapter_name])
+        for layer, one_name in self._switch:   # a fresh list each time: peft may edit the one it holds
+            layer._active_adapter = self.adapter_name if one_name else [self.adapter_name]
 
     def forward(self, **kw):
         self.activate()
