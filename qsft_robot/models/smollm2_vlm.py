@@ -90,10 +90,8 @@ def build_smollm2_vlm(out_dir: str | Path, image_size: int = 48, output_stride: 
                          vision_feature_select_strategy="full", tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    # in place: the head is tied to the embeddings from construction (tie_word_embeddings), and stays so
     model.model.language_model.load_state_dict(lm.model.state_dict(), strict=True)
-    model.tie_weights()
-    if model.lm_head.weight.data_ptr() != model.model.language_model.embed_tokens.weight.data_ptr():
-        model.lm_head.weight = model.model.language_model.embed_tokens.weight
     model.model.vision_tower.load_imagenet_weights()
     _match_projector_to_text(model)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=output_stride,
