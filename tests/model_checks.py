@@ -51,3 +51,26 @@ def reload_gives_the_same_logits(tr, ckpt, episodes, algo):
     b = pol.adapter.teacher_forced_logits(pol.adapter.model, images, instr, state, toks, with_dummy=algo == "qsft")
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     return pol, images, instr, state
+
+
+def lora_base_weights(peft_model) -> dict:
+    """A copy of the frozen base's weights (not the LoRA tensors, not the projector copies, which train, and
+    theta_bar's, which move by Polyak), to compare after training."""
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters()
+            if "lora_" not in n and "modules_to_save" not in n}
+
+
+def check_lora_run(tr, ckpt, episodes, algo, base: dict):
+    """What every LoRA run must give: the base untouched, a checkpoint of adapters only, a reload with the same
+    logits, and KV-cached acting equal to the uncached path. Returns the reloaded policy."""
+    for n, p in tr.model.peft_model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), f"base weight {n} changed"
+    assert (ckpt / "model" / "adapter_model.safetensors").is_file()
+    assert not list((ckpt / "model").glob("model*.safetensors")), "a LoRA checkpoint must not copy the base"
+    pol, images, instr, state = reload_gives_the_same_logits(tr, ckpt, episodes, algo)
+    with no_transformers_deprecations():  # the views switch adapters between the two models' cached steps
+        kw = dict(mode=pol.mode, behavior_model=pol.behavior_model, support_eps=pol.support_eps)
+        np.testing.assert_array_equal(pol.act_tokens(images[:, None], instr, state),
+                                      pol.adapter.decode(images[:, None], instr, state, use_cache=False, **kw))
+    return pol

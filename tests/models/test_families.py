@@ -15,7 +15,8 @@ from qsft_robot.models.vlm_adapter import VLMAdapter
 from qsft_robot.sim.collect import collect_episodes
 from qsft_robot.train.trainer import Trainer
 
-from model_checks import no_transformers_deprecations, reload_gives_the_same_logits  # noqa: E402
+from model_checks import (check_lora_run, lora_base_weights, no_transformers_deprecations,  # noqa: E402
+                          reload_gives_the_same_logits)
 
 
 @pytest.fixture(scope="module")
@@ -160,17 +161,15 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, arch, 
                              "train.tensorboard=false", "train.lr=0.01"])
     tr = Trainer(cfg, episodes)
     peft_model = tr.model.peft_model
-    base = {n: p.detach().clone() for n, p in peft_model.named_parameters()
-            if "lora_" not in n and "modules_to_save" not in n}
+    base = lora_base_weights(peft_model)
     projector = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "modules_to_save.theta." in n}
     theta0 = [p.detach().clone() for p in tr.model.parameters()]
     if algo == "qsft":  # three adapters share one base: the behaviour view holds no base weights
         ids = {id(p) for p in tr.behavior.parameters()}
         assert not ids & {id(p) for p in tr.model.parameters()} and not ids & {id(p) for p in tr.target.parameters()}
     ckpt = tr.train()
-    for n, p in peft_model.named_parameters():
-        if n in base:
-            assert torch.equal(p, base[n]), f"base weight {n} changed"
+    check_lora_run(tr, ckpt, episodes, algo, base)
+    assert (tmp_path / "lora_base").is_dir()
     # the projector (LLaVA, PaliGemma: multi_modal_projector; Idefics3, SmolVLM2: connector) trains whole, in
     # theta's own copy; Qwen's merger sits inside its vision tower and stays frozen with it
     assert bool(projector) == (arch not in ("qwen2_vl", "qwen2_5_vl"))
@@ -181,13 +180,6 @@ def test_lora_trains_adapters_only_and_reloads(tmp_path, built, episodes, arch, 
     if algo == "qsft":  # theta_bar moved towards theta by Polyak, but is not theta
         assert any(not torch.equal(a, b) for a, b in zip(tr.target.parameters(), theta0))
         assert any(not torch.equal(a, b) for a, b in zip(tr.target.parameters(), tr.model.parameters()))
-    assert (ckpt / "model" / "adapter_model.safetensors").is_file() and (tmp_path / "lora_base").is_dir()
-    assert not list((ckpt / "model").glob("model*.safetensors")), "a LoRA checkpoint must not copy the base"
-    pol, images, instr, state = reload_gives_the_same_logits(tr, ckpt, episodes, algo)
-    with no_transformers_deprecations():  # the views switch adapters between the two models' cached steps
-        kw = dict(mode=pol.mode, behavior_model=pol.behavior_model, support_eps=pol.support_eps)
-        np.testing.assert_array_equal(pol.act_tokens(images[:, None], instr, state),
-                                      pol.adapter.decode(images[:, None], instr, state, use_cache=False, **kw))
     # resume restores the adapters exactly
     tr2 = Trainer(cfg, episodes)
     assert tr2.step == 3
