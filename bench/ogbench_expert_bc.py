@@ -5,6 +5,12 @@ held-out and on the training episodes' seeds. docs/ogbench.md ("Results") has th
     python bench/ogbench_expert_bc.py --extra-state none           # pixels + proprio, as the product
     python bench/ogbench_expert_bc.py --extra-state cube           # + the cube's position and yaw (privileged)
     python bench/ogbench_expert_bc.py --extra-state prev_action    # + the previous action
+    python bench/ogbench_expert_bc.py --oracle markov --extra-state cube   # a state-feedback operator instead
+
+Why --oracle markov: the product's expert (and the play data) is the wheel's plan oracle, whose action is a function
+of the time since its plan started and of keyframes it drew at random (pick height, a clearance waypoint), not of
+what the camera sees; the wheel's Markov oracle (upstream's `noisy` datasets) acts on the current state alone. If BC
+imitates the one and not the other, the observation lacks the plan, not the policy the capacity.
 
 Why the extra state is patched into the task class here instead of being a product option: it is a diagnostic of
 what the observation lacks, not an observation anyone should deploy (the cube's pose is not measured on a robot).
@@ -49,9 +55,32 @@ def patch_state(extra: str) -> None:
         ot.OGBenchTask.state, ot.OGBenchTask.step, ot.OGBenchTask.reset = with_prev, step_prev, reset_prev
 
 
+def patch_oracle(oracle: str) -> None:
+    """--oracle markov: the task's expert_action becomes the wheel's CubeMarkovOracle (seeded per episode as the
+    plan oracle is: it draws its final resting pose from numpy's global RNG)."""
+    if oracle == "plan":
+        return
+    from qsft_robot.sim import ogbench_tasks as ot
+
+    def markov_action(self):
+        info = self._oracle_info()
+        if self._oracle is None:
+            from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+            self._oracle = CubeMarkovOracle(env=self.env)
+            saved = np.random.get_state()
+            np.random.seed(self._episode_seed)
+            try:
+                self._oracle.reset(None, info)
+            finally:
+                np.random.set_state(saved)
+        return np.clip(np.asarray(self._oracle.select_action(None, info), np.float64), -1.0, 1.0)
+    ot.OGBenchTask.expert_action = markov_action
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--extra-state", choices=["none", "cube", "prev_action"], default="none")
+    ap.add_argument("--oracle", choices=["plan", "markov"], default="plan")
     ap.add_argument("--demos", type=int, default=100)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--episodes", type=int, default=20)
@@ -65,15 +94,16 @@ def main():
 
     setup_logging("INFO")
     patch_state(a.extra_state)
+    patch_oracle(a.oracle)
     eps = collect_episodes(TASK, a.demos, "expert", seed=0, image_size=64, workers=1)
-    run = OUT / f"ogbench_expert_bc_{a.extra_state}"
+    run = OUT / f"ogbench_expert_bc_{a.oracle}_{a.extra_state}"
     ckpt = train(load_config(None, [*BASE_SETS, "algo.name=sft", f"train.steps={a.steps}", f"train.out_dir={run}",
                                     "train.eval_every=0"]), eps)
     rows = []
     for label, seed in (("held-out seeds from 5000", 5000), ("the training episodes' seeds from 0", 0)):
         s = evaluate(load_policy(ckpt), TASK, episodes=a.episodes, seed=seed, num_envs=10, videos=0)
         rows.append([label, f"{s['success_rate']:.2f}", s["episodes"]])
-    table(f"BC on {a.demos} oracle demos of {TASK} ({np.mean([e.success for e in eps]):.2f} successful), "
+    table(f"BC on {a.demos} {a.oracle} oracle demos of {TASK} ({np.mean([e.success for e in eps]):.2f} successful), "
           f"{a.steps} steps, state + {a.extra_state} ({eps[0].state.shape[1]} numbers)",
           ["evaluation episodes", "success", "n"], rows)
 

@@ -27,8 +27,8 @@ LABELS = {"sft": "BC", "filtered_bc": "filtered BC", **{f"qsft_{k}": v for k, v 
 
 def methods(spec: "BenchSpec | dict") -> tuple[str, ...]:
     """The benchmark's methods in training order: the BC baselines, then one Q-SFT run per recipe."""
-    recipes = spec["q_recipes"] if isinstance(spec, dict) else spec.q_recipes
-    return BC_METHODS + tuple(f"qsft_{r}" for r in recipes)
+    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
+    return tuple(get("bc_methods", BC_METHODS)) + tuple(f"qsft_{r}" for r in get("q_recipes"))
 
 
 def _opt(default, help: str, **cli):
@@ -55,6 +55,9 @@ class BenchSpec:
     eval_seed: int = _opt(1000, "first evaluation episode seed (data uses seeds from 0; 1000: the reported runs, "
                           "tune on others, e.g. 5000)")
     overrides: list[str] = _opt([], "KEY=VALUE for every run, e.g. algo.num_bins=32", flag="--set", repeat=True)
+    bc_methods: list[str] = _opt(list(BC_METHODS), "imitation baselines per seed: sft (BC, also every Q-SFT run's "
+                                 "pi_beta) and/or filtered_bc; drop filtered_bc where a training step is costly "
+                                 "(a pretrained backbone on a CPU)")
     q_recipes: list[str] = _opt(list(Q_RECIPES), "Q-SFT runs per seed, each a row (qsft_robot/algo/recipes.py)")
     q_overrides: list[str] = _opt([], "KEY=VALUE for the Q-SFT runs only, after their recipe's settings",
                                   flag="--q-set", repeat=True)
@@ -126,7 +129,7 @@ def _train_methods(spec: BenchSpec, data: Path, run: Path, seed: int) -> dict[st
     """BC, filtered BC and Q-SFT (pi_beta = this seed's BC model) on `data`: {method: (checkpoint, seconds)}."""
     base_sets = [*BASE_SETS, *spec.overrides]
     done = {}
-    for m in BC_METHODS:
+    for m in spec.bc_methods:
         done[m] = _train(data, run / m, m, spec.bc_steps, seed, base_sets, spec.config)
     for recipe in spec.q_recipes:
         sets = [*base_sets, f"algo.behavior_init={done['sft'][0]}", *Q_RECIPES[recipe], *spec.q_overrides]
@@ -216,6 +219,15 @@ def _unseen_phrasings(task: str, wanted: bool) -> list[str]:
     return [f"{task}_unseen"]
 
 
+def _check_methods(spec: BenchSpec) -> None:
+    """Refuse, before any collection, baselines the benchmark does not know and Q-SFT rows without their pi_beta."""
+    unknown = [m for m in spec.bc_methods if m not in BC_METHODS]
+    if unknown or not spec.bc_methods or len(set(spec.bc_methods)) != len(spec.bc_methods):
+        raise ValueError(f"--bc-methods must name some of {list(BC_METHODS)} once each, got {spec.bc_methods}")
+    if spec.q_recipes and "sft" not in spec.bc_methods:
+        raise ValueError("--bc-methods without sft: every Q-SFT run needs its seed's BC model as pi_beta")
+
+
 def _check_multitask(tasks: list[str]) -> None:
     """One policy over several tasks needs one observation and action layout: refuse a mix before any
     collection (say which task differs) rather than fail on the union dataset after it."""
@@ -251,6 +263,7 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
     for name, values in (("tasks", spec.tasks), ("seeds", spec.seeds), ("q-recipes", spec.q_recipes)):
         if len(set(values)) != len(values):  # two jobs would train into one run folder
             raise ValueError(f"--{name} lists a value twice: {values}")
+    _check_methods(spec)
     if spec.multitask:
         _check_multitask(spec.tasks)
     # the tasks each policy is evaluated on, per training task: itself, and its held-out phrasings if asked
@@ -287,7 +300,8 @@ def format_markdown(results: dict) -> str:
     spec = results["spec"]
     size = (f"{spec['episodes']} play logs (1001 steps each, cut into episodes at the task's successes)"
             if spec["quality"] == "play" else f"{spec['episodes']} episodes")
-    lines = [f"Data: {size} per task, quality '{spec['quality']}'; BC/filtered BC "
+    baselines = "/".join(LABELS[m] for m in spec.get("bc_methods", BC_METHODS))
+    lines = [f"Data: {size} per task, quality '{spec['quality']}'; {baselines} "
              f"{spec['bc_steps']} steps, Q-SFT {spec['q_steps']} steps on top of its seed's BC model; "
              f"{spec['eval_episodes']} eval episodes from seed {spec['eval_seed']} x training seeds "
              f"{spec['seeds']}.", "",

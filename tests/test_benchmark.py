@@ -241,12 +241,17 @@ def test_benchmark_multitask_trains_one_policy_on_the_union(tmp_path):
 @pytest.mark.slow
 def test_benchmark_evaluates_held_out_phrasings_as_rows_of_their_own(tmp_path):
     """--unseen-phrasings: the policies trained on arm_reach_lang are evaluated on arm_reach_lang_unseen too, the
-    same runs (no second training), the same scenes; a task without held-out phrasings is refused up front."""
+    same runs (no second training), the same scenes; a task without held-out phrasings is refused up front.
+    With --bc-methods sft (the costly-backbone setting) filtered BC is neither trained nor a row."""
     from qsft_robot.benchmark import BenchSpec, methods, run_benchmark
 
     spec = BenchSpec(tasks=["arm_reach_lang"], seeds=[0], episodes=3, bc_steps=2, q_steps=2, eval_episodes=2,
-                     q_recipes=["return_to_go"], unseen_phrasings=True, overrides=["train.batch_size=4"])
+                     q_recipes=["return_to_go"], unseen_phrasings=True, overrides=["train.batch_size=4"],
+                     bc_methods=["sft"])
     res = run_benchmark(spec, tmp_path)
+    assert methods(spec) == ("sft", "qsft_return_to_go")
+    assert not (tmp_path / "arm_reach_lang" / "seed0" / "filtered_bc").exists()
+    assert "filtered BC" not in (tmp_path / "results.md").read_text()
     assert list(res["tasks"]) == ["arm_reach_lang", "arm_reach_lang_unseen"]
     seen, unseen = (res["tasks"][t] for t in res["tasks"])
     assert seen["data_success"] == unseen["data_success"]
@@ -288,6 +293,18 @@ def test_benchmark_runs_seeds_in_parallel_workers(tmp_path, caplog):
         assert len(par["tasks"][task]["rows"]["qsft_return_to_go"]["per_seed"]) == 2
     with pytest.raises(ValueError, match="lists a value twice"):
         run_benchmark(BenchSpec(tasks=["arm_push"], seeds=[0, 0], workers=2), tmp_path)
+
+
+def test_benchmark_refuses_q_sft_without_its_bc_run_and_unknown_baselines(tmp_path):
+    from qsft_robot.benchmark import BenchSpec, run_benchmark
+
+    with pytest.raises(ValueError, match="needs its seed's BC model as pi_beta"):
+        run_benchmark(BenchSpec(tasks=["arm_push"], bc_methods=["filtered_bc"]), tmp_path)
+    with pytest.raises(ValueError, match="must name some of"):
+        run_benchmark(BenchSpec(tasks=["arm_push"], bc_methods=["sft", "awr"]), tmp_path)
+    # BC alone, no Q-SFT rows, is a valid benchmark
+    assert BenchSpec(tasks=["arm_push"], bc_methods=["filtered_bc"], q_recipes=[]).bc_methods == ["filtered_bc"]
+    assert not any(tmp_path.iterdir())   # refused before collecting anything
 
 
 def test_benchmark_multitask_refuses_tasks_of_different_layouts(tmp_path):

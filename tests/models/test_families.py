@@ -105,6 +105,19 @@ def test_kv_cached_decode_equals_uncached_and_teacher_forcing(built, arch, monke
     np.testing.assert_array_equal(tf[..., :-1].argmax(-1).numpy(), cached)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_action_logits_are_the_full_forward_s_last_positions(built, arch):
+    """The training logits (the head on gathered last positions: vlm_adapter.last_positions) equal the model's
+    own full-sequence logits at those positions, padding included."""
+    ad = _adapter(built[arch])
+    images, instr, state = _inputs()
+    batch = ad.encode(images, instr, state, np.array([[1, 2], [3, 4], [5, 6]]))
+    with torch.no_grad():
+        full = ad.model(**batch.model_inputs(), use_cache=False).logits[:, -3:, ad.logit_ids].float()
+        kept = ad.action_logits(ad.model, batch, 3, with_dummy=True)
+    torch.testing.assert_close(kept, full, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_two_model_modes_cached_equal_uncached(built, arch):
     """tilted_behavior and support-restricted argmax_q run theta and pi_beta, each with its own cache;
