@@ -47,8 +47,8 @@ class BenchSpec:
     seeds: list[int] = _opt([0, 1, 2], "training seeds")
     episodes: int = _opt(200, "dataset size per task")
     quality: str = _opt("biased", "operator preset of the collected data: biased | stitch | segments | mixed | poor "
-                        "(sim/experts.py); play for ogbench/<name> tasks (sim/ogbench_play.py): --episodes then "
-                        "counts 1001-step play logs")
+                        "(sim/experts.py); play or noisy for ogbench/<name> tasks (sim/ogbench_play.py): --episodes "
+                        "then counts 1001-step logs")
     bc_steps: int = _opt(1000, "BC and filtered BC steps")
     q_steps: int = _opt(1000, "Q-SFT steps on top of the seed's BC run (its pi_beta)")
     eval_episodes: int = _opt(50, "closed-loop evaluation episodes per policy")
@@ -298,8 +298,8 @@ def run_benchmark(spec: BenchSpec, out: str | Path) -> dict:
 
 def format_markdown(results: dict) -> str:
     spec = results["spec"]
-    size = (f"{spec['episodes']} play logs (1001 steps each, cut into episodes at the task's successes)"
-            if spec["quality"] == "play" else f"{spec['episodes']} episodes")
+    size = (f"{spec['episodes']} {spec['quality']} logs (1001 steps each, cut into episodes at the task's successes)"
+            if spec["quality"] in ("play", "noisy") else f"{spec['episodes']} episodes")
     baselines = "/".join(LABELS[m] for m in spec.get("bc_methods", BC_METHODS))
     lines = [f"Data: {size} per task, quality '{spec['quality']}'; {baselines} "
              f"{spec['bc_steps']} steps, Q-SFT {spec['q_steps']} steps on top of its seed's BC model; "

@@ -212,10 +212,10 @@ def _add_collect(sub) -> None:
     p = sub.add_parser("collect", help="roll out scripted experts in MuJoCo and write a LeRobot v3.0 dataset")
     _config_args(p)
     _flag_args(p, COLLECT_FLAGS, {"quality": " (default mixed): expert | mixed | poor | biased | stitch | "
-                                             "segments, sim/experts.py; play: OGBench play logs "
-                                             "(ogbench/<name> tasks, sim/ogbench_play.py)",
-                                  "episodes": " (default 100): episodes, or play logs for --quality play",
-                                  "max_steps": " (default 0): steps per play log (0: 1001, as upstream)",
+                                             "segments, sim/experts.py; play / noisy: OGBench's random-task "
+                                             "logs (ogbench/<name> tasks, sim/ogbench_play.py)",
+                                  "episodes": " (default 100): episodes, or logs for --quality play / noisy",
+                                  "max_steps": " (default 0): steps per play / noisy log (0: 1001, as upstream)",
                                   "dataset_path": ": read this upstream OGBench .npz file (ogbench's loader) "
                                                   "instead of collecting; --task names the evaluation task"})
     p.add_argument("--out", required=True)

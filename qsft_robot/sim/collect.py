@@ -11,7 +11,9 @@ from qsft_robot.data.episode import Episode
 
 logger = logging.getLogger(__name__)
 FPS = 10
-OGBENCH_QUALITIES = ("play", "expert")   # play: the upstream generator (sim/ogbench_play.py); expert: cube-single
+# play / noisy: the upstream generator's two dataset types (sim/ogbench_play.py); expert: cube-single's oracle
+OGBENCH_QUALITIES = ("play", "noisy", "expert")
+OGBENCH_LOGS = ("play", "noisy")
 
 
 def fps_for(task: str) -> int:
@@ -22,10 +24,11 @@ def fps_for(task: str) -> int:
 def check_quality(task: str, quality: str) -> None:
     """Refuse a task/quality pair that cannot be collected, before any worker starts."""
     if task.startswith("ogbench/") and quality not in OGBENCH_QUALITIES:
-        raise ValueError(f"{task}: OGBench data comes as --quality play (the upstream generator's random-task play "
-                         f"logs) or expert (cube-single only), not {quality!r}")
-    if quality == "play" and not task.startswith("ogbench/"):
-        raise ValueError(f"--quality play is OGBench's play data: it needs an ogbench/<name> task, not {task!r}")
+        raise ValueError(f"{task}: OGBench data comes as --quality play or noisy (the upstream generator's random-task "
+                         f"logs, by plan or Markov oracles) or expert (cube-single only), not {quality!r}")
+    if quality in OGBENCH_LOGS and not task.startswith("ogbench/"):
+        raise ValueError(f"--quality {quality} is OGBench's {quality} data: it needs an ogbench/<name> task, "
+                         f"not {task!r}")
 
 
 def rollout_expert(task: str, seed: int, quality: str, image_size: int) -> Episode:
@@ -73,9 +76,9 @@ def rollout(task: str, seed: int, quality: str, image_size: int, max_steps: int 
     """The episodes of one seed: one scripted rollout, or for `play` one OGBench play log cut into the
     episodes of the task's evaluation problem (sim/ogbench_play.py). max_steps: the play log's length
     (0: 1001, as upstream); the other qualities keep the task's own limit."""
-    if quality == "play":
+    if quality in OGBENCH_LOGS:
         from qsft_robot.sim.ogbench_play import play_episodes
-        return play_episodes(task, seed, image_size, max_steps)
+        return play_episodes(task, seed, image_size, max_steps, quality)
     return [rollout_expert(task, seed, quality, image_size)]
 
 
@@ -91,7 +94,7 @@ def collect_episodes(task: str, episodes: int, quality: str = "mixed", seed: int
     check_quality(task, quality)
     seeds = list(range(seed, seed + episodes))
     out: list[Episode] = []
-    unit = "log" if quality == "play" else "ep"
+    unit = "log" if quality in OGBENCH_LOGS else "ep"
     with tqdm(total=episodes, desc=f"collect {task} ({quality})", unit=unit) as bar:
         if workers <= 1:
             for s in seeds:

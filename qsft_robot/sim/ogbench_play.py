@@ -6,6 +6,12 @@ open the drawer, ...), with temporally correlated noise on its plan. None of it 
 task; the evaluation task's success happens in a log only when a random task happens to leave the scene
 in its goal configuration, so a policy for it has to be put together from pieces of the logs.
 
+`noisy` logs (upstream's other dataset type, e.g. visual-cube-single-noisy-v0) are the same random-task logs
+by the wheel's Markov oracles instead: a closed-loop operator whose action depends on the current state only
+(the plan oracles follow keyframes timed from the start of their plan, which a camera does not show), with
+Gaussian noise at a level drawn per log (0 to 0.1; x3 on yaw, x10 on the gripper) and a uniformly random
+action on 10% of the steps.
+
 From log to episodes (the same for collected logs and upstream files): the log's states are judged against
 the evaluation task by OGBench's own `relabel_dataset` (from qpos and button states); the log is cut after
 every step that enters a success state (reward 1 there, terminal, the project's sparse-reward convention),
@@ -14,15 +20,17 @@ and the rest after the last success is one episode that ends without success (no
 as a time limit does). An upstream file's last step of each trajectory has no next state (its outcome is
 unknown), so it is dropped; a collected log knows its last outcome.
 
-Port of OGBench's data_gen_scripts/generate_manipspace.py (https://github.com/seohongpark/ogbench, commit
-1d41409), `play` part: the same oracles per environment (the wheel's plan oracles: cube, and for scene
-cube/button/drawer/window; puzzle: button with the gripper kept closed), the same noise (0.1, smoothing 0.5,
-no random actions), the same cube stacking probabilities, log length (1001 steps) and scene health check
-(a log whose cube leaves the visible table is collected again), and the same per-step records
-(observation before the step, action, qpos/qvel/button states before the step). What differs: each log is
-seeded (env and numpy's global RNG, which the oracles draw from) by its episode seed, so `--workers`
-collections are reproducible; frames are rendered at `collect --image-size` with the task's renderer
-(ogbench_tasks: "fast" unless `@upstream`); logs can be shorter (`collect --max-steps`).
+Port of OGBench's data_gen_scripts/generate_manipspace.py (https://github.com/seohongpark/ogbench, commit 1d41409),
+`play` and `noisy` parts (noisy: the settings of upstream's commands for the noisy datasets, --p_random_action=0.1
+at the default --noise 0.1). Play: the same oracles per environment (the wheel's plan oracles: cube, and for scene
+cube/button/drawer/window; puzzle: button with the gripper kept closed), the same noise (0.1, smoothing 0.5, no
+random actions), the same cube stacking probabilities, log length (1001 steps) and scene health check (a log whose
+cube leaves the visible table is collected again), and the same per-step records (observation before the step,
+action, qpos/qvel/button states before the step). What differs: each log is seeded (env and numpy's global RNG,
+which the oracles draw from) by its episode seed, so `--workers` collections are reproducible (a random action is
+drawn from numpy's RNG, not the env's action space, for the same reason); frames are rendered at `collect
+--image-size` with the task's renderer (ogbench_tasks: "fast" unless `@upstream`); logs can be shorter (`collect
+--max-steps`).
 
 The upstream generator's license:
 
@@ -68,6 +76,9 @@ logger = logging.getLogger(__name__)
 PLAY_STEPS = 1001          # upstream --max_episode_steps
 PLAY_NOISE = 0.1           # upstream --noise (plan oracles)
 PLAY_NOISE_SMOOTHING = 0.5  # upstream --noise_smoothing
+NOISY_NOISE = 0.1           # upstream --noise (Markov oracles): the per-log noise level is drawn from [0, this)
+NOISY_NOISE_SCALE = np.array([1.0, 1.0, 1.0, 3.0, 10.0])   # upstream's per-dimension factors (xyz, yaw, gripper)
+NOISY_P_RANDOM = 0.1        # upstream --p_random_action of the noisy datasets
 ACTION_NAMES = ["dx", "dy", "dz", "dyaw", "dgrip"]
 _ENVS: dict[tuple, object] = {}   # per process: building an OGBench env takes seconds
 
@@ -84,7 +95,21 @@ def _relabel_env(spec: OGBenchSpec):
     return _cached_env(spec.state_env_id, 64, "upstream")
 
 
-def _oracles(env, family: str) -> dict:
+def _oracles(env, family: str, kind: str = "play") -> dict:
+    if kind == "noisy":
+        from ogbench.manipspace.oracles.markov.button_markov import ButtonMarkovOracle
+        from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+        from ogbench.manipspace.oracles.markov.drawer_markov import DrawerMarkovOracle
+        from ogbench.manipspace.oracles.markov.window_markov import WindowMarkovOracle
+
+        if family == "cube":
+            return {"cube": CubeMarkovOracle(env=env, min_norm=0.4)}
+        if family == "scene":
+            return {"cube": CubeMarkovOracle(env=env, min_norm=0.4, max_step=100),
+                    "button": ButtonMarkovOracle(env=env, min_norm=0.4),
+                    "drawer": DrawerMarkovOracle(env=env, min_norm=0.4),
+                    "window": WindowMarkovOracle(env=env, min_norm=0.4)}
+        return {"button": ButtonMarkovOracle(env=env, min_norm=0.4, gripper_always_closed=True)}
     from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
     from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
     from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
@@ -97,6 +122,20 @@ def _oracles(env, family: str) -> dict:
         return {"cube": CubePlanOracle(env=env, **kw), "button": ButtonPlanOracle(env=env, **kw),
                 "drawer": DrawerPlanOracle(env=env, **kw), "window": WindowPlanOracle(env=env, **kw)}
     return {"button": ButtonPlanOracle(env=env, gripper_always_closed=True, **kw)}
+
+
+def _operator_action(agent, ob, info, kind: str, noise: float) -> np.ndarray:
+    """The logged action: the oracle's (play: its own correlated noise inside), or for noisy logs upstream's
+    random action / Gaussian noise on top of the Markov oracle's; clipped to the action box."""
+    if kind == "noisy":
+        if np.random.rand() < NOISY_P_RANDOM:
+            action = np.random.uniform(-1.0, 1.0, 5)
+        else:
+            action = np.asarray(agent.select_action(ob, info), np.float64)
+            action = action + np.random.normal(0.0, noise * NOISY_NOISE_SCALE)
+    else:
+        action = np.asarray(agent.select_action(ob, info), np.float64)
+    return np.clip(action, -1.0, 1.0)
 
 
 def _p_stack(play_env_id: str) -> float:
@@ -118,9 +157,11 @@ def _healthy(family: str, qpos: np.ndarray) -> bool:
     return not (too_far_right or off_left_not_in_drawer)
 
 
-def play_log(spec: OGBenchSpec, seed: int, image_size: int = 64, steps: int = PLAY_STEPS) -> dict:
-    """One play log in the env's data-collection mode: frames (T, H, W, 3), actions (T, 5), qpos (T + 1, nq) and
-    button_states (T + 1, nb) when the env has buttons (index T: the state after the last step), proprio (T, 5)."""
+def play_log(spec: OGBenchSpec, seed: int, image_size: int = 64, steps: int = PLAY_STEPS,
+             kind: str = "play") -> dict:
+    """One play (or noisy, module doc) log in the env's data-collection mode: frames (T, H, W, 3), actions (T, 5),
+    qpos (T + 1, nq) and button_states (T + 1, nb) when the env has buttons (index T: the state after the last
+    step), proprio (T, 5)."""
     env = _cached_env(spec.play_env_id, image_size, spec.render, terminate_at_goal=False, mode="data_collection",
                       max_episode_steps=steps)
     u = env.unwrapped
@@ -129,15 +170,16 @@ def play_log(spec: OGBenchSpec, seed: int, image_size: int = 64, steps: int = PL
     try:
         ob, info = env.reset(seed=seed)
         while True:   # upstream: scene logs whose cube leaves the visible table are collected again
-            agents = _oracles(env, spec.family)
+            agents = _oracles(env, spec.family, kind)
             p_stack = _p_stack(spec.play_env_id)
+            noise = float(np.random.uniform(0.0, NOISY_NOISE)) if kind == "noisy" else 0.0
             agent = agents[info["privileged/target_task"]]
             agent.reset(ob, info)
             scratch = mujoco.MjData(u._model)
             log = {"frames": [], "actions": [], "qpos": [], "button_states": [], "proprio": []}
             done = False
             while not done:
-                action = np.clip(np.asarray(agent.select_action(ob, info), np.float64), -1.0, 1.0)
+                action = _operator_action(agent, ob, info, kind, noise)
                 next_ob, _, terminated, truncated, info = env.step(action)
                 done = terminated or truncated
                 if agent.done:   # the random task is finished: a new random task
@@ -208,18 +250,22 @@ def episodes_from_log(frames: np.ndarray, actions: np.ndarray, proprio: np.ndarr
     return out
 
 
-def play_episodes(task: str, seed: int, image_size: int = 64, max_steps: int = 0) -> list[Episode]:
-    """One play log of `task` (an ogbench/<name> task), collected with the upstream generator's settings and
-    cut into episodes of the task's evaluation problem."""
+def play_episodes(task: str, seed: int, image_size: int = 64, max_steps: int = 0,
+                  kind: str = "play") -> list[Episode]:
+    """One play (or noisy) log of `task` (an ogbench/<name> task), collected with the upstream generator's
+    settings and cut into episodes of the task's evaluation problem."""
+    from qsft_robot.sim.collect import OGBENCH_LOGS
+    if kind not in OGBENCH_LOGS:
+        raise ValueError(f"OGBench logs are {' or '.join(OGBENCH_LOGS)}, not {kind!r}")
     if not task.startswith(PREFIX):
-        raise ValueError(f"--quality play is OGBench's play data: it needs an ogbench/<name> task, not {task!r}")
+        raise ValueError(f"--quality {kind} is OGBench's {kind} data: it needs an ogbench/<name> task, not {task!r}")
     spec = parse_name(task)
-    log = play_log(spec, seed, image_size, max_steps or PLAY_STEPS)
+    log = play_log(spec, seed, image_size, max_steps or PLAY_STEPS, kind)
     success = success_mask(spec, log["qpos"], log.get("button_states"))
     from qsft_robot.sim.ogbench_tasks import OGBenchTask
     eps = episodes_from_log(log["frames"], log["actions"], log["proprio"], success,
                             instruction_for(spec, int(_relabel_env(spec).unwrapped._reward_task_id)),
-                            OGBenchTask.camera, {"seed": seed, "source": f"ogbench play ({spec.play_env_id})",
+                            OGBenchTask.camera, {"seed": seed, "source": f"ogbench {kind} ({spec.play_env_id})",
                                                  "state_names": PROPRIO_NAMES})
     return eps
 

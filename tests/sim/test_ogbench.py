@@ -125,10 +125,42 @@ def test_play_logs_are_seeded_and_cut():
     assert np.array_equal(np.concatenate([e.actions for e in a]), np.concatenate([e.actions for e in b]))
     assert all(e.images["front_pixels"].shape[1:] == (64, 64, 3) and e.state.shape[1] == 5 for e in a)
     assert np.abs(a[0].actions).max() <= 1 and a[0].instruction == "move the cube away from the robot"
-    with pytest.raises(ValueError, match="comes as --quality play"):
+    with pytest.raises(ValueError, match="comes as --quality play or noisy"):
         check_quality(TASK, "biased")
     with pytest.raises(ValueError, match="needs an ogbench"):
         check_quality("arm_reach", "play")
+
+
+@pytest.mark.slow
+@needs_ogbench
+def test_noisy_logs_come_from_the_markov_oracle_with_upstreams_noise(monkeypatch):
+    """--quality noisy: the same seeding and cutting as play, the Markov oracle acting, upstream's noise on it
+    (Gaussian x3 on yaw, x10 on the gripper; a random action now and then), and a log that differs from play's."""
+    from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+
+    from qsft_robot.sim import ogbench_play
+    from qsft_robot.sim.collect import check_quality
+
+    calls = []
+    select = CubeMarkovOracle.select_action
+    monkeypatch.setattr(CubeMarkovOracle, "select_action",
+                        lambda self, ob, info: calls.append(1) or select(self, ob, info))
+    a = ogbench_play.play_episodes(TASK, 5, 64, max_steps=40, kind="noisy")
+    b = ogbench_play.play_episodes(TASK, 5, 64, max_steps=40, kind="noisy")
+    play = ogbench_play.play_episodes(TASK, 5, 64, max_steps=40)
+    acts = np.concatenate([e.actions for e in a])
+    assert np.array_equal(acts, np.concatenate([e.actions for e in b]))
+    assert not np.array_equal(acts, np.concatenate([e.actions for e in play])[:len(acts)])
+    assert a[0].meta["source"] == "ogbench noisy (visual-cube-single-v0)" and np.abs(acts).max() <= 1
+    assert 0 < len(calls) < 2 * 40   # the oracle acted (not on the random steps), once per step of each log
+    with monkeypatch.context() as m:   # noise off and no random actions: the oracle's own (clipped) actions
+        m.setattr(ogbench_play, "NOISY_NOISE", 0.0)
+        m.setattr(ogbench_play, "NOISY_P_RANDOM", 0.0)
+        clean = np.concatenate([e.actions for e in ogbench_play.play_episodes(TASK, 5, 64, max_steps=40, kind="noisy")])
+    # the Markov oracle's gripper command is exactly +-1; upstream's x10 gripper noise moves it off
+    assert set(np.round(clean[:, 4], 6)) <= {-1.0, 1.0} and not set(np.round(acts[:, 4], 6)) <= {-1.0, 1.0}
+    with pytest.raises(ValueError, match="needs an ogbench"):
+        check_quality("arm_reach", "noisy")
 
 
 @needs_ogbench
