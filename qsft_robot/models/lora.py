@@ -130,12 +130,22 @@ def is_lora_folder(path) -> bool:
     return (Path(path) / BASE_POINTER).is_file()
 
 
+def base_of(adapter_folder) -> Path:
+    """The frozen base model folder an adapter folder was trained over (its BASE_POINTER)."""
+    folder = Path(adapter_folder)
+    return (folder / json.loads((folder / BASE_POINTER).read_text())["base"]).resolve()
+
+
+def adapter_rank(adapter_folder) -> int:
+    return int(json.loads((Path(adapter_folder) / "adapter_config.json").read_text())["r"])
+
+
 def load_lora(paths: dict[str, Path], device="cpu", dtype=None) -> dict[str, AdapterView]:
     """name -> adapter folder (all over the same base) -> name -> AdapterView, ready to act."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
     first_name, first = next(iter(paths.items()))
-    base = (Path(first) / json.loads((Path(first) / BASE_POINTER).read_text())["base"]).resolve()
+    base = base_of(first)
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype or torch.float32).to(device)
     peft_model = PeftModel.from_pretrained(model, str(first), adapter_name=first_name)
     for n, p in list(paths.items())[1:]:

@@ -10,9 +10,10 @@ import torch
 
 from qsft_robot.algo.networks import Networks
 from qsft_robot.checkpoint import resolve_checkpoint
-from qsft_robot.config import RunConfig
+from qsft_robot.config import ConfigError, RunConfig
 from qsft_robot.data.action_tokenizer import ActionTokenizer
 from qsft_robot.data.episode import Episode
+from qsft_robot.models import lora
 from qsft_robot.models.tiny_vlm import build_tiny_vlm, instruction_words
 from qsft_robot.models.vlm_adapter import VLMAdapter
 
@@ -22,8 +23,10 @@ logger = logging.getLogger(__name__)
 def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokenizer: ActionTokenizer):
     """The base model and processor every network starts from (docs/design.md §2.3)."""
     if cfg.algo.behavior_init:  # a trained BC model: it already has the action vocabulary
-        return VLMAdapter.from_pretrained(resolve_checkpoint(cfg.algo.behavior_init) / "model",
-                                          dtype=getattr(torch, cfg.model.dtype))
+        folder = resolve_checkpoint(cfg.algo.behavior_init) / "model"
+        if _behavior_adapter(cfg) is not None:   # a LoRA BC run: its frozen base; its adapter comes in make_networks
+            folder = lora.base_of(folder)
+        return VLMAdapter.from_pretrained(folder, dtype=getattr(torch, cfg.model.dtype))
     if cfg.model.preset in ("tiny", "tiny_scratch"):
         base = build_tiny_vlm(run_dir / "base_model", extra_words=instruction_words(e.instruction for e in episodes),
                               image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
@@ -43,6 +46,18 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
     return model, processor
 
 
+def _behavior_adapter(cfg: RunConfig) -> Path | None:
+    """The adapter folder of a LoRA BC run given as algo.behavior_init (None for a whole-model one); refused when
+    this run's LoRA rank cannot take it."""
+    folder = resolve_checkpoint(cfg.algo.behavior_init) / "model"
+    if not lora.is_lora_folder(folder):
+        return None
+    if cfg.model.lora != lora.adapter_rank(folder):
+        raise ConfigError(f"algo.behavior_init {folder} is a LoRA rank-{lora.adapter_rank(folder)} adapter; this "
+                          f"run's model.lora_rank resolves to {cfg.model.lora}: train with the same rank")
+    return folder
+
+
 def make_networks(cfg: RunConfig, model, processor, run_dir: Path, accelerator) -> Networks:
     """theta = model; Q-SFT adds pi_beta and theta_bar as copies of it (theta_bar frozen). With
     model.lora > 0 each network is an adapter over one frozen base saved under run_dir/lora_base."""
@@ -58,7 +73,6 @@ def make_networks(cfg: RunConfig, model, processor, run_dir: Path, accelerator) 
 
 def _lora_networks(cfg: RunConfig, model, processor, run_dir: Path, accelerator, qsft: bool) -> Networks:
     """One frozen base (saved once with its resized vocabulary) + an adapter per network."""
-    from qsft_robot.models.lora import wrap_with_lora
     m = cfg.model
     base_dir = run_dir / "lora_base"
     with accelerator.main_process_first():
@@ -66,8 +80,11 @@ def _lora_networks(cfg: RunConfig, model, processor, run_dir: Path, accelerator,
             model.save_pretrained(base_dir)
             processor.save_pretrained(base_dir)
     names = ["theta", "behavior", "target"] if qsft else ["theta"]
-    views = wrap_with_lora(model, base_dir, names, rank=m.lora, alpha=m.lora_alpha,
-                           targets=m.lora_targets or None)
+    views = lora.wrap_with_lora(model, base_dir, names, rank=m.lora, alpha=m.lora_alpha,
+                                targets=m.lora_targets or None)
+    init = _behavior_adapter(cfg) if cfg.algo.behavior_init else None
+    for v in views.values() if init is not None else ():   # all three start as the BC model, as copies do
+        v.load_adapter_weights(init)
     theta = views["theta"]
     n_train = sum(p.numel() for v in views.values() for p in v.parameters())
     n_base = sum(p.numel() for p in theta.peft_model.base_model.model.parameters() if not p.requires_grad)

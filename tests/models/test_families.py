@@ -289,3 +289,30 @@ def test_frozen_encoder_is_shared_and_runs_once(built, arch):
         assert once == per_encoding
     else:                 # SmolVLM2 reshapes/casts it first: a new tensor, recomputed (never a stale result)
         assert once == 2 * per_encoding
+
+
+def test_qsft_on_a_lora_bc_run_starts_every_adapter_from_it(tmp_path, built, episodes):
+    """The benchmark's flow with a LoRA backbone: BC trains an adapter (the checkpoint holds adapters only), then
+    Q-SFT with algo.behavior_init = that run: theta, pi_beta and theta_bar all start as the BC model (its base,
+    its adapter), as the whole-model copies do; a run of another LoRA rank is refused with the reason."""
+    from qsft_robot.config import ConfigError
+
+    common = ["model.preset=pretrained", f"model.path={built['llava']}", "model.lora_rank=4", "train.batch_size=4",
+              "algo.num_bins=8", "train.warmup_steps=1", "train.tensorboard=false", "train.lr=0.01"]
+    bc = Trainer(load_config(None, [*common, "algo.name=sft", f"train.out_dir={tmp_path / 'bc'}", "train.steps=3",
+                                    "train.save_every=3"]), episodes)
+    bc_ckpt = bc.train()
+    q = Trainer(load_config(None, [*common, "algo.name=qsft", f"train.out_dir={tmp_path / 'q'}", "train.steps=1",
+                                   f"algo.behavior_init={bc_ckpt}"]), episodes)
+    ad = q.adapter
+    images = np.stack([e.images[next(iter(e.images))][0] for e in episodes])
+    instr, state = [e.instruction for e in episodes], np.stack([e.state[0] for e in episodes])
+    toks = np.zeros((len(episodes), ad.num_dims), dtype=int)
+    with torch.no_grad():
+        want = ad.teacher_forced_logits(bc.model, images, instr, state, toks, with_dummy=True)
+        for net in (q.model, q.behavior, q.target):
+            torch.testing.assert_close(ad.teacher_forced_logits(net, images, instr, state, toks, with_dummy=True),
+                                       want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="rank-4 adapter"):
+        Trainer(load_config(None, [*common[:2], "model.lora_rank=8", *common[3:], "algo.name=qsft",
+                                   f"train.out_dir={tmp_path / 'q8'}", f"algo.behavior_init={bc_ckpt}"]), episodes)
