@@ -6,6 +6,7 @@ held-out and on the training episodes' seeds. docs/ogbench.md ("Results") has th
     python bench/ogbench_expert_bc.py --extra-state cube           # + the cube's position and yaw (privileged)
     python bench/ogbench_expert_bc.py --extra-state prev_action    # + the previous action
     python bench/ogbench_expert_bc.py --oracle markov --extra-state cube   # a state-feedback operator instead
+    python bench/ogbench_expert_bc.py --oracle markov_noisy     # the same with the noisy logs' operator noise
     python bench/ogbench_expert_bc.py --data noisy --demos 40 --steps 4000 --extra-state cube   # random-task logs
 
 Why --oracle markov: the product's expert (and the play data) is the wheel's plan oracle, whose action is a function
@@ -66,9 +67,11 @@ def patch_state(extra: str) -> None:
 
 def patch_oracle(oracle: str) -> None:
     """--oracle markov: the task's expert_action becomes the wheel's CubeMarkovOracle (seeded per episode as the
-    plan oracle is: it draws its final resting pose from numpy's global RNG)."""
+    plan oracle is: it draws its final resting pose from numpy's global RNG); markov_noisy adds the noisy logs'
+    operator noise (a per-episode level, 10% random actions), which separates their noise from their random tasks."""
     if oracle == "plan":
         return
+    from qsft_robot.sim import ogbench_play as op
     from qsft_robot.sim import ogbench_tasks as ot
 
     def markov_action(self):
@@ -80,8 +83,11 @@ def patch_oracle(oracle: str) -> None:
             np.random.seed(self._episode_seed)
             try:
                 self._oracle.reset(None, info)
+                self._noise = float(np.random.uniform(0.0, op.NOISY_NOISE)) if oracle == "markov_noisy" else 0.0
             finally:
                 np.random.set_state(saved)
+        if oracle == "markov_noisy":
+            return op._operator_action(self._oracle, None, info, "noisy", self._noise)
         return np.clip(np.asarray(self._oracle.select_action(None, info), np.float64), -1.0, 1.0)
     ot.OGBenchTask.expert_action = markov_action
 
@@ -89,7 +95,7 @@ def patch_oracle(oracle: str) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--extra-state", choices=["none", "cube", "prev_action"], default="none")
-    ap.add_argument("--oracle", choices=["plan", "markov"], default="plan")
+    ap.add_argument("--oracle", choices=["plan", "markov", "markov_noisy"], default="plan")
     ap.add_argument("--data", choices=["expert", "noisy"], default="expert",
                     help="demos of the task, or the benchmark's noisy random-task logs (--demos of them)")
     ap.add_argument("--demos", type=int, default=100)
