@@ -7,6 +7,7 @@ held-out and on the training episodes' seeds. docs/ogbench.md ("Results") has th
     python bench/ogbench_expert_bc.py --extra-state prev_action    # + the previous action
     python bench/ogbench_expert_bc.py --oracle markov --extra-state cube   # a state-feedback operator instead
     python bench/ogbench_expert_bc.py --oracle markov_noisy     # the same with the noisy logs' operator noise
+    python bench/ogbench_expert_bc.py --data noisy --demos 200 --log-steps 200 --steps 4000 --episodes 50   # short logs
     python bench/ogbench_expert_bc.py --data noisy --demos 40 --steps 4000 --extra-state cube   # random-task logs
 
 Why --oracle markov: the product's expert (and the play data) is the wheel's plan oracle, whose action is a function
@@ -99,6 +100,7 @@ def main():
     ap.add_argument("--data", choices=["expert", "noisy"], default="expert",
                     help="demos of the task, or the benchmark's noisy random-task logs (--demos of them)")
     ap.add_argument("--demos", type=int, default=100)
+    ap.add_argument("--log-steps", type=int, default=0, help="--data noisy: steps per log (0: upstream's 1001)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--episodes", type=int, default=20)
     a = ap.parse_args()
@@ -113,8 +115,8 @@ def main():
     patch_state(a.extra_state)
     patch_oracle(a.oracle)
     task = TASK if a.data == "expert" else NOISY_TASK
-    eps = collect_episodes(task, a.demos, a.data, seed=0, image_size=64, workers=1)
-    run = OUT / f"ogbench_{a.data}_bc_{a.oracle}_{a.extra_state}"
+    eps = collect_episodes(task, a.demos, a.data, seed=0, image_size=64, workers=1, max_steps=a.log_steps)
+    run = OUT / f"ogbench_{a.data}_bc_{a.oracle}_{a.extra_state}_{a.log_steps}"
     ckpt = train(load_config(None, [*BASE_SETS, "algo.name=sft", f"train.steps={a.steps}", f"train.out_dir={run}",
                                     "train.eval_every=0"]), eps)
     rows = []
@@ -123,7 +125,8 @@ def main():
     for label, seed in evals:
         s = evaluate(load_policy(ckpt), task, episodes=a.episodes, seed=seed, num_envs=10, videos=0)
         rows.append([label, f"{s['success_rate']:.2f}", s["episodes"]])
-    what = f"{a.oracle} oracle demos" if a.data == "expert" else "noisy logs (random tasks)"
+    what = (f"{a.oracle} oracle demos" if a.data == "expert"
+            else f"noisy logs (random tasks, {a.log_steps or 1001} steps)")
     rate = np.mean([e.success for e in eps])
     table(f"BC on {a.demos} {what} of {task}: {len(eps)} episodes ({rate:.2f} successful), "
           f"{a.steps} steps, state + {a.extra_state} ({eps[0].state.shape[1]} numbers)",
