@@ -44,11 +44,12 @@ def patch_state(extra: str) -> None:
     state, step, reset, proprio = ot.OGBenchTask.state, ot.OGBenchTask.step, ot.OGBenchTask.reset, ot.proprio_from_qpos
     if extra == "cube":
         # through proprio_from_qpos, the one function that both the env's state and the logs' states come from;
-        # the block's free joint is qpos[14:21] (position, then the quaternion w, x, y, z)
+        # the block's free joint holds its position, then its quaternion (w, x, y, z)
         def with_cube(u, qpos, scratch):
             q = np.asarray(qpos, np.float64)
-            yaw = 2.0 * np.arctan2(q[20], q[17])
-            return np.concatenate([proprio(u, qpos, scratch), (q[14:17] - ot.XYZ_CENTER) * 10,
+            i = int(u._model.joint("object_joint_0").qposadr[0])
+            yaw = 2.0 * np.arctan2(q[i + 6], q[i + 3])
+            return np.concatenate([proprio(u, qpos, scratch), (q[i:i + 3] - ot.XYZ_CENTER) * 10,
                                    [np.cos(yaw), np.sin(yaw)]]).astype(np.float32)
         ot.proprio_from_qpos = op.proprio_from_qpos = with_cube
     elif extra == "prev_action":
@@ -104,6 +105,10 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--episodes", type=int, default=20)
     a = ap.parse_args()
+    if a.data == "noisy" and a.oracle != "plan":
+        ap.error("--oracle picks the operator of --data expert demos; noisy logs are the Markov oracles' already")
+    if a.data == "expert" and a.log_steps:
+        ap.error("--log-steps cuts noisy logs (--data noisy); expert demos end at the task's success")
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.algo.recipes import BASE_SETS
     from qsft_robot.config import load_config, setup_logging
@@ -116,7 +121,8 @@ def main():
     patch_oracle(a.oracle)
     task = TASK if a.data == "expert" else NOISY_TASK
     eps = collect_episodes(task, a.demos, a.data, seed=0, image_size=64, workers=1, max_steps=a.log_steps)
-    run = OUT / f"ogbench_{a.data}_bc_{a.oracle}_{a.extra_state}_{a.log_steps}"
+    run = OUT / f"ogbench_{a.data}_bc_{a.oracle}_{a.extra_state}" if a.data == "expert" else \
+        OUT / f"ogbench_noisy_bc_{a.extra_state}_{a.log_steps or 1001}"
     ckpt = train(load_config(None, [*BASE_SETS, "algo.name=sft", f"train.steps={a.steps}", f"train.out_dir={run}",
                                     "train.eval_every=0"]), eps)
     rows = []
