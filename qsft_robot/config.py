@@ -100,6 +100,10 @@ class AlgoConfig:
     next_value: Literal["max", "expectation", "expectile", "emaq"] = "max"  # docs/design.md §2.4; algo/qsft.py
     expectile: float = 0.9          # tau of next_value=expectile (0.5: expectation, -> 1: max over the support)
     emaq_samples: int = 4           # N of next_value=emaq: E[max of Q over N draws from pi_beta] (1: expectation)
+    # the first sarsa_steps back up with next_value=expectation, then next_value: theta starts as pi_beta, so
+    # Q = p_theta / pi_beta starts at 1 everywhere, and at gamma^n near 1 a max-like backup of ratios near 1 stays
+    # there (docs/ogbench.md); pi_beta's own value first brings theta_bar down to data-supported values
+    sarsa_steps: int = 0
     # bellman: one backup per action token (the paper's chain, theta_bar over P_t and P_t+1); return_to_go: w =
     # logged return G_t; n_step: every token of step t shares w = sum_k<n gamma^k r_t+k + gamma^n V(s_t+n) over
     # the logged steps, V from theta_bar at s_t+n's prompt only (data/n_step.py says why)
@@ -285,6 +289,7 @@ def validate(cfg: RunConfig) -> None:
         ("algo.num_bins", cfg.algo.num_bins >= 2),
         ("algo.n_step", cfg.algo.n_step >= 1),
         ("algo.emaq_samples", cfg.algo.emaq_samples >= 1),
+        ("algo.sarsa_steps", cfg.algo.sarsa_steps >= 0),
         ("algo.label_sigma", cfg.algo.label_sigma >= 0),
         ("train.batch_size", cfg.train.batch_size >= 1),
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),

@@ -20,13 +20,19 @@ from qsft_robot.data.transitions import Transitions
 class LossContext:
     """What a batch loss needs besides the batch: the adapter, the data, the algorithm settings
     (config.AlgoConfig), the networks (`nets`) and the views gradients flow through (`views`), and
-    frozen pi_beta's cached logits (N, D, B) once pi_beta is frozen."""
+    frozen pi_beta's cached logits (N, D, B) once pi_beta is frozen, and the training step (algo.sarsa_steps)."""
     adapter: object
     data: Transitions
     algo: object
     nets: Networks
     views: Networks
     pi_cache: torch.Tensor | None = None
+    step: int = 0
+
+    @property
+    def next_value(self) -> str:
+        """The backup of this step: pi_beta's own value (expectation) for the first algo.sarsa_steps."""
+        return "expectation" if self.step < self.algo.sarsa_steps else self.algo.next_value
 
 
 def batch_loss(ctx: LossContext, idx: np.ndarray, images=None, next_images=None) -> tuple[torch.Tensor, dict]:
@@ -81,7 +87,7 @@ def _n_step_weights(ctx: LossContext, idx, boot_images) -> torch.Tensor:
                     else ad.action_logits(nets.pi_beta, prompts, 1, with_dummy=False)[:, 0])
     a = ctx.algo
     w = bellman_targets(q_boot, beh_boot, torch.as_tensor(d.boot_reward[idx]), torch.as_tensor(d.boot_discount[idx]),
-                        a.support_eps, a.next_value, a.expectile, a.emaq_samples)
+                        a.support_eps, ctx.next_value, a.expectile, a.emaq_samples)
     return w.repeat_interleave(ad.num_dims)
 
 
@@ -108,7 +114,8 @@ def _bellman_weights(ctx: LossContext, idx, images, instr, state, cur, beh_logit
     next_b = torch.cat([beh_logits.detach()[:, 1:], beh_next[:, None]], dim=1)
     a = ctx.algo
     return bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
-                           r.reshape(-1), disc.reshape(-1), a.support_eps, a.next_value, a.expectile, a.emaq_samples)
+                           r.reshape(-1), disc.reshape(-1), a.support_eps, ctx.next_value, a.expectile,
+                           a.emaq_samples)
 
 
 def _q_loss(ctx: LossContext, q_logits, tokens, w, bins, bc, stats, rewarded) -> tuple[torch.Tensor, dict]:

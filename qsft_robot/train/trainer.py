@@ -224,7 +224,7 @@ class Trainer:
         return torch.cat(out)
 
     def compute_loss(self, idx: np.ndarray, images=None, next_images=None) -> tuple[torch.Tensor, dict]:
-        ctx = LossContext(self.adapter, self.data, self.cfg.algo, self.nets, self.views, self.pi_cache)
+        ctx = LossContext(self.adapter, self.data, self.cfg.algo, self.nets, self.views, self.pi_cache, self.step)
         return batch_loss(ctx, idx, images, next_images)
 
     def train_step(self, prefetched=None) -> tuple[torch.Tensor, dict]:

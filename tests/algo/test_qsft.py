@@ -243,3 +243,23 @@ def test_smoothed_theta_labels_keep_the_ratio_equal_to_the_target_at_every_bin()
     near = pi[0] > 0.02
     assert torch.allclose((smooth[0, :12] / pi[0])[near], torch.full((int(near.sum()),), 0.3), atol=0.01)
     assert (one_hot[0, 5] / pi[0, 5]).item() > 1.0
+
+
+def test_sarsa_steps_back_up_pi_betas_own_value_first_then_next_value():
+    """algo.sarsa_steps: theta_bar first learns pi_beta's value (expectation), then the configured backup, whose
+    targets differ on the same logits (so the switch is not a no-op)."""
+    from qsft_robot.algo.losses import LossContext
+    from qsft_robot.config import AlgoConfig, ConfigError, load_config
+
+    algo = AlgoConfig(next_value="emaq", emaq_samples=4, sarsa_steps=3)
+    ctx = lambda step: LossContext(None, None, algo, None, None, None, step)  # noqa: E731
+    assert [ctx(s).next_value for s in (0, 2, 3, 10)] == ["expectation", "expectation", "emaq", "emaq"]
+    g = torch.Generator().manual_seed(0)
+    q, b = torch.randn(6, 9, generator=g) * 2, torch.randn(6, 8, generator=g)
+    r, disc = torch.zeros(6), torch.full((6,), 0.99)
+    first = bellman_targets(q, b, r, disc, 1e-4, ctx(0).next_value, samples=4)
+    torch.testing.assert_close(first, bellman_targets(q, b, r, disc, 1e-4, "expectation"))
+    later = bellman_targets(q, b, r, disc, 1e-4, ctx(3).next_value, samples=4)
+    assert (later > first + 1e-4).any() and (later >= first - 1e-6).all()
+    with pytest.raises(ConfigError, match="sarsa_steps"):
+        load_config(None, ["algo.sarsa_steps=-1"])
