@@ -101,8 +101,8 @@ class AlgoConfig:
     expectile: float = 0.9          # tau of next_value=expectile (0.5: expectation, -> 1: max over the support)
     emaq_samples: int = 4           # N of next_value=emaq: E[max of Q over N draws from pi_beta] (1: expectation)
     # the first sarsa_steps back up with next_value=expectation, then next_value: theta starts as pi_beta, so
-    # Q = p_theta / pi_beta starts at 1 everywhere, and at gamma^n near 1 a max-like backup of ratios near 1 stays
-    # there (docs/ogbench.md); pi_beta's own value first brings theta_bar down to data-supported values
+    # Q = p_theta / pi_beta starts at 1 everywhere; a SARSA phase starts the max-like backups from pi_beta's own
+    # values instead (on OGBench noisy data they saturate all the same: docs/training.md)
     sarsa_steps: int = 0
     # bellman: one backup per action token (the paper's chain, theta_bar over P_t and P_t+1); return_to_go: w =
     # logged return G_t; n_step: every token of step t shares w = sum_k<n gamma^k r_t+k + gamma^n V(s_t+n) over
