@@ -38,16 +38,20 @@ TASK = "ogbench/visual-cube-single-play-singletask-task1-v0@lite"
 NOISY_TASK = "ogbench/visual-cube-single-noisy-singletask-task1-v0@lite"
 
 
+def cube_qpos_address(u) -> int:
+    """Where the cube's free joint (position, then quaternion w, x, y, z) starts in qpos of the unwrapped env u."""
+    return int(u._model.joint("object_joint_0").qposadr[0])
+
+
 def patch_state(extra: str) -> None:
     from qsft_robot.sim import ogbench_play as op
     from qsft_robot.sim import ogbench_tasks as ot
     state, step, reset, proprio = ot.OGBenchTask.state, ot.OGBenchTask.step, ot.OGBenchTask.reset, ot.proprio_from_qpos
     if extra == "cube":
-        # through proprio_from_qpos, the one function that both the env's state and the logs' states come from;
-        # the block's free joint holds its position, then its quaternion (w, x, y, z)
+        # through proprio_from_qpos, the one function that both the env's state and the logs' states come from
         def with_cube(u, qpos, scratch):
             q = np.asarray(qpos, np.float64)
-            i = int(u._model.joint("object_joint_0").qposadr[0])
+            i = cube_qpos_address(u)
             yaw = 2.0 * np.arctan2(q[i + 6], q[i + 3])
             return np.concatenate([proprio(u, qpos, scratch), (q[i:i + 3] - ot.XYZ_CENTER) * 10,
                                    [np.cos(yaw), np.sin(yaw)]]).astype(np.float32)

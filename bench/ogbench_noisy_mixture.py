@@ -30,15 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
-from ogbench_expert_bc import NOISY_TASK, patch_oracle  # noqa: E402
+from ogbench_expert_bc import NOISY_TASK, cube_qpos_address, patch_oracle  # noqa: E402
 
 DIST_BINS = [(0.0, 0.03), (0.03, 0.06), (0.06, 0.10), (0.10, 0.15), (0.15, 0.25), (0.25, 1.0)]
 PHASES = [(0, 15), (15, 40), (40, 200)]
 DIMS = ["x", "y", "z", "yaw", "grip"]
-
-
-def cube_qpos(u) -> int:
-    return int(u._model.joint("object_joint_0").qposadr[0])
 
 
 def log_mixture(n_logs: int) -> None:
@@ -46,12 +42,13 @@ def log_mixture(n_logs: int) -> None:
     from qsft_robot.sim.ogbench_tasks import XYZ_CENTER, XYZ_SCALE
 
     spec = parse_name(NOISY_TASK)
+    # seeds no benchmark dataset collects (those start at 0)
+    logs = [play_log(spec, seed, 64, PLAY_STEPS, "noisy") for seed in range(100, 100 + n_logs)]
+    # the env play_log collected them in (its model exists once it has been reset)
+    i = cube_qpos_address(_cached_env(spec.play_env_id, 64, spec.render, terminate_at_goal=False,
+                                      mode="data_collection", max_episode_steps=PLAY_STEPS).unwrapped)
     rows = []
-    for seed in range(100, 100 + n_logs):   # seeds no benchmark dataset collects (those start at 0)
-        log = play_log(spec, seed, 64, PLAY_STEPS, "noisy")
-        u = _cached_env(spec.play_env_id, 64, spec.render, terminate_at_goal=False, mode="data_collection",
-                        max_episode_steps=PLAY_STEPS).unwrapped
-        i = cube_qpos(u)
+    for log in logs:
         cube = log["qpos"][:-1, i:i + 3]
         grip_xy = (log["proprio"][:, :2] / XYZ_SCALE + XYZ_CENTER[:2])
         d = cube[:, :2] - grip_xy
