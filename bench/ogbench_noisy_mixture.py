@@ -13,10 +13,11 @@ ask of a critic") has the numbers.
    logged action at a pose is a mixture of "to the cube" and "away from it".
 2. BC policies, on the evaluation's own start states (held-out seeds), along the noise-free Markov oracle's rollout
    of task 1: how often each action dimension has the oracle's sign, per phase of the rollout.
-3. Q-SFT critics, on the same states: Q = p_theta / pi_beta (the Q-SFT fixed point p_theta = pi_beta * Q) of the
-   oracle's action ("toward": its x and y) against the same action with x and y reversed ("away"), per dimension,
-   each scored after the oracle's earlier dimensions. An improving critic ranks toward above away; a critic of
-   pi_beta's own value (SARSA) need not, as every log goes back to the cube sooner or later.
+3. Q-SFT critics, on the same states: Q (algo.critic: p_theta / pi_beta, the Q-SFT fixed point p_theta = pi_beta * Q,
+   or the bin's sigmoid) of the oracle's action ("toward": its x and y) against the same action with x and y
+   reversed ("away"), per dimension, each scored after the oracle's earlier dimensions. An improving critic ranks
+   toward above away; a critic of pi_beta's own value (SARSA) need not, as every log goes back to the cube sooner
+   or later.
 
 Held-out evaluation seeds only (5000 on): the numbers here steered the experiments.
 """
@@ -113,6 +114,7 @@ def critic_preference(runs: list[str], episodes: int) -> None:
     import torch
 
     from qsft_robot.algo.policy import load_policy
+    from qsft_robot.algo.qsft import bin_q_values
 
     imgs, ins, sts, acts, t_idx = oracle_states(episodes, 15)   # the reach: the first 15 steps
     away = acts.copy()
@@ -123,19 +125,19 @@ def critic_preference(runs: list[str], episodes: int) -> None:
         if pol.behavior_model is None:
             raise SystemExit(f"{run}: not a Q-SFT run with its pi_beta (behavior/)")
         ad, tok = pol.adapter, pol.action_tokenizer
-        p = {}
+        p, q = {}, {}
         with torch.no_grad():
-            for name, model, dummy in [("theta", ad.model, True), ("beta", pol.behavior_model, False)]:
-                for kind, a in [("toward", acts), ("away", away)]:
-                    ids = tok.encode(a)
-                    probs = ad.teacher_forced_logits(model, imgs, ins, sts, ids, with_dummy=dummy).softmax(-1)
-                    p[name, kind] = torch.gather(probs[..., :tok.max_bins], 2,
-                                                 torch.as_tensor(ids)[..., None]).squeeze(-1).numpy()
+            for kind, a in [("toward", acts), ("away", away)]:
+                ids = torch.as_tensor(tok.encode(a))[..., None]
+                z = ad.teacher_forced_logits(ad.model, imgs, ins, sts, ids[..., 0].numpy(), with_dummy=True)
+                beta = ad.teacher_forced_logits(pol.behavior_model, imgs, ins, sts, ids[..., 0].numpy(),
+                                                with_dummy=False).softmax(-1)
+                p[kind] = beta.gather(2, ids).squeeze(-1).numpy()
+                q[kind] = bin_q_values(z, beta, ad.critic).gather(2, ids).squeeze(-1).numpy()
         for d in (0, 1):
             m = np.abs(acts[:, d]) > 0.3
-            q_t = p["theta", "toward"][m, d] / p["beta", "toward"][m, d]
-            q_a = p["theta", "away"][m, d] / p["beta", "away"][m, d]
-            b_pref = np.mean(p["beta", "toward"][m, d] > p["beta", "away"][m, d])
+            q_t, q_a = q["toward"][m, d], q["away"][m, d]
+            b_pref = np.mean(p["toward"][m, d] > p["away"][m, d])
             rows.append([run, DIMS[d], int(m.sum()), f"{b_pref:.2f}", f"{np.mean(q_t > q_a):.2f}",
                          f"{q_t.mean():.3f}", f"{q_a.mean():.3f}"])
     table(f"Q-SFT critics at the reach states of task 1 (first 15 oracle steps, held-out seeds 5000-{4999 + episodes})",

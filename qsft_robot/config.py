@@ -104,6 +104,11 @@ class AlgoConfig:
     # Q = p_theta / pi_beta starts at 1 everywhere; a SARSA phase starts the max-like backups from pi_beta's own
     # values instead (on OGBench noisy data they saturate all the same: docs/training.md)
     sarsa_steps: int = 0
+    # how theta's logits are read as Q (algo/qsft.py bin_q_values): ratio = Q-SFT's p_theta / pi_beta; sigmoid = one
+    # Bernoulli value per bin, fitted by sigmoid_q_loss with a conservative pull of the bins the data did not take
+    # toward 0 (weight `conservative`): a max over its bins is a max over fitted values, not over a quotient
+    critic: Literal["ratio", "sigmoid"] = "ratio"
+    conservative: float = 1.0
     # bellman: one backup per action token (the paper's chain, theta_bar over P_t and P_t+1); return_to_go: w =
     # logged return G_t; n_step: every token of step t shares w = sum_k<n gamma^k r_t+k + gamma^n V(s_t+n) over
     # the logged steps, V from theta_bar at s_t+n's prompt only (data/n_step.py says why)
@@ -290,6 +295,7 @@ def validate(cfg: RunConfig) -> None:
         ("algo.n_step", cfg.algo.n_step >= 1),
         ("algo.emaq_samples", cfg.algo.emaq_samples >= 1),
         ("algo.sarsa_steps", cfg.algo.sarsa_steps >= 0),
+        ("algo.conservative", cfg.algo.conservative >= 0),
         ("algo.label_sigma", cfg.algo.label_sigma >= 0),
         ("train.batch_size", cfg.train.batch_size >= 1),
         ("train.grad_accum", cfg.train.grad_accum >= 1 and cfg.train.batch_size % cfg.train.grad_accum == 0),

@@ -177,6 +177,33 @@ def qsft_fixed_point(mdp: TokenMDP, leftover: str, eps: float = 1e-4, iters: int
     return p
 
 
+def sigmoid_fixed_point(mdp: TokenMDP, conservative: float, eps: float = 1e-4, iters: int = 3000) -> np.ndarray:
+    """Exact fixed point q* (num_token_states, B) of the expected sigmoid-critic update with max targets.
+
+    At token state x the data bin b has weight pi(b) on its target T(x, b) and every other bin weight
+    (1 - pi(b)) c / (B - 1) on 0; the Bernoulli cross-entropy is minimised by
+    q(b) = pi(b) T(b) / (pi(b) + (1 - pi(b)) c / (B - 1)). T backs up max_b q over the supported bins."""
+    S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma
+    cont = mdp.continue_probs()
+    pi = mdp.behaviour_table()
+    shrink = pi / (pi + (1.0 - pi) * conservative / (B - 1))
+    q = np.zeros((mdp.num_token_states, B))
+
+    def value(rows):
+        return np.where(pi[rows] > eps, q[rows], 0.0).max(-1)
+
+    for _ in range(iters):
+        t = np.zeros_like(q)
+        t[:S] = np.clip(value(np.arange(S, mdp.num_token_states)).reshape(S, B), 0, 1)
+        v1 = np.clip(g * value(np.arange(S)), 0, 1)
+        t[S:] = (mdp.p_success + cont @ v1).reshape(S * B, B)
+        new = shrink * t
+        if np.abs(new - q).max() < 1e-12:
+            return new
+        q = new
+    return q
+
+
 def expected_return(mdp: TokenMDP, tok_policy: np.ndarray) -> float:
     """Exact discounted return from the start distribution of a token-level policy table (rows sum 1)."""
     S, B, g = mdp.num_states, mdp.num_bins, mdp.gamma

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qsft_robot.algo.networks import Networks
-from qsft_robot.algo.qsft import (behavior_loss, bellman_targets, mc_lower_bound, qsft_loss,
+from qsft_robot.algo.qsft import (behavior_loss, bellman_targets, mc_lower_bound, qsft_loss, sigmoid_q_loss,
                                   token_rewards_discounts)
 from qsft_robot.data.transitions import Transitions
 
@@ -87,7 +87,7 @@ def _n_step_weights(ctx: LossContext, idx, boot_images) -> torch.Tensor:
                     else ad.action_logits(nets.pi_beta, prompts, 1, with_dummy=False)[:, 0])
     a = ctx.algo
     w = bellman_targets(q_boot, beh_boot, torch.as_tensor(d.boot_reward[idx]), torch.as_tensor(d.boot_discount[idx]),
-                        a.support_eps, ctx.next_value, a.expectile, a.emaq_samples)
+                        a.support_eps, ctx.next_value, a.expectile, a.emaq_samples, a.critic)
     return w.repeat_interleave(ad.num_dims)
 
 
@@ -115,7 +115,7 @@ def _bellman_weights(ctx: LossContext, idx, images, instr, state, cur, beh_logit
     a = ctx.algo
     return bellman_targets(next_q.reshape(-1, next_q.shape[-1]), next_b.reshape(-1, next_b.shape[-1]),
                            r.reshape(-1), disc.reshape(-1), a.support_eps, ctx.next_value, a.expectile,
-                           a.emaq_samples)
+                           a.emaq_samples, a.critic)
 
 
 def _q_loss(ctx: LossContext, q_logits, tokens, w, bins, bc, stats, rewarded) -> tuple[torch.Tensor, dict]:
@@ -124,8 +124,13 @@ def _q_loss(ctx: LossContext, q_logits, tokens, w, bins, bc, stats, rewarded) ->
     saturation, which short successful logs would otherwise hide among their reward steps."""
     if len(w) == 0:  # every row of a (tiny) batch was a cut log's last action: nothing to fit this step
         return (bc if ctx.pi_cache is None else q_logits.sum() * 0.0), {**stats, "q_loss": 0.0}
-    ql = qsft_loss(q_logits, tokens, w, ctx.algo.leftover, ctx.algo.label_sigma, bins)
+    a = ctx.algo
+    if a.critic == "sigmoid":
+        ql = sigmoid_q_loss(q_logits, tokens, w, a.conservative, bins)
+        p_data = q_logits.gather(-1, tokens[..., None]).sigmoid().mean()   # the logged bins' Q
+    else:
+        ql = qsft_loss(q_logits, tokens, w, a.leftover, a.label_sigma, bins)
+        p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
     loss = ql if ctx.pi_cache is not None else ql + bc
-    p_data = q_logits.softmax(-1).gather(-1, tokens[..., None]).mean()
     return loss, {**stats, "q_loss": ql.item(), "mean_target": w.mean().item(), "mean_p_data": p_data.item(),
                   "frac_saturated": ((w >= 0.999) & ~rewarded).float().mean().item()}

@@ -76,6 +76,7 @@ def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "
         kw["support_eps"] = float(cfg["algo"]["support_eps"])
     leftover = cfg["algo"]["leftover"] if algo == "qsft" else "uniform"
     adapter = VLMAdapter(model, processor, tok, use_state=cfg["model"]["use_state"], leftover=leftover,
-                         image_position=cfg["model"].get("image_position", "first"))
+                         image_position=cfg["model"].get("image_position", "first"),
+                         critic=cfg["algo"].get("critic", "ratio"))
     logger.info("loaded %s policy from %s (mode %s)", algo, ckpt, mode)
     return Policy(adapter, behavior_model=behavior, mode=mode, **kw)

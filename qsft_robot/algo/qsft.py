@@ -48,13 +48,29 @@ def expected_max(values: Tensor, weights: Tensor, samples: int) -> Tensor:
     return (x * (cdf.pow(samples) - below.pow(samples))).sum(-1)
 
 
+def bin_q_values(q_logits: Tensor, pi_beta: Tensor, critic: str = "ratio") -> Tensor:
+    """Q(s, b) of every real bin, (..., B), from theta's (or theta_bar's) logits over the bins [+ dummy] and
+    pi_beta's probabilities (..., B).
+
+    - "ratio" (Q-SFT): p_theta(b) / pi_beta(b), the quotient that undoes the behaviour weighting the loss
+      builds into p_theta (p_theta ~ pi_beta * Q).
+    - "sigmoid": sigmoid(logit(b)), each bin its own Bernoulli value (sigmoid_q_loss), no quotient.
+    """
+    num_bins = pi_beta.shape[-1]
+    if critic == "sigmoid":
+        return q_logits.float()[..., :num_bins].sigmoid()
+    if critic == "ratio":
+        return q_logits.float().softmax(-1)[..., :num_bins] / pi_beta.clamp_min(1e-12)  # drops the dummy column
+    raise ValueError(f"critic must be 'ratio' or 'sigmoid', got {critic!r}")
+
+
 def bellman_targets(next_q_logits: Tensor, next_behavior_logits: Tensor, rewards: Tensor,
                     discounts: Tensor, support_eps: float = 1e-4, next_value: str = "max",
-                    tau: float = 0.9, samples: int = 4) -> Tensor:
-    """w = clip(r + discount * V(s'), 0, 1), without gradient, from Q(s', b) = p_target(b) / pi_beta(b).
+                    tau: float = 0.9, samples: int = 4, critic: str = "ratio") -> Tensor:
+    """w = clip(r + discount * V(s'), 0, 1), without gradient, from Q(s', b) = bin_q_values (by default
+    the ratio p_target(b) / pi_beta(b)).
 
-    The ratio undoes the behaviour weighting the loss builds into p_theta (p_theta ~ pi_beta * Q);
-    the support mask m (support_mask) keeps every V off bins pi_beta does not take. V is:
+    The support mask m (support_mask) keeps every V off bins pi_beta does not take. V is:
     - "max" (the paper, docs/design.md §2.4): max_b m(b) Q(b). Kept selectable, but it saturates: Q is a
       quotient of two separately trained networks and the max picks its noise upward, so the targets
       pin at the clip value 1 (docs/design.md §2.8: 98% of targets >= 0.999 whatever the start).
@@ -67,23 +83,22 @@ def bellman_targets(next_q_logits: Tensor, next_behavior_logits: Tensor, rewards
     - "emaq": the expected max of Q over `samples` draws from pi_beta on the support (expected_max):
       1 draw is "expectation", many the "max"; in between, an improvement over the logged policy in which
       a bin's ratio counts in proportion to how likely pi_beta is to propose it.
-    Meaningful with leftover="dummy" only: with the uniform leftover the real bins' mass is ~1.
+    The ratio is meaningful with leftover="dummy" only: with the uniform leftover the real bins' mass is ~1.
     """
     with torch.no_grad():
-        num_bins = next_behavior_logits.shape[-1]
-        p_target = next_q_logits.float().softmax(-1)[:, :num_bins]  # drops the dummy column, if any
         pi_beta = next_behavior_logits.float().softmax(-1)
         support = support_mask(pi_beta, support_eps)
-        zero = torch.zeros_like(p_target)
-        ratio = torch.where(support, p_target / pi_beta.clamp_min(1e-12), zero)
-        if next_value == "expectation":
-            value = torch.where(support, p_target, zero).sum(-1) / torch.where(support, pi_beta, zero).sum(-1)
+        zero = torch.zeros_like(pi_beta)
+        q = torch.where(support, bin_q_values(next_q_logits, pi_beta, critic), zero)
+        weights = torch.where(support, pi_beta, zero)
+        if next_value == "expectation":   # with the ratio: sum_b m p_target / sum_b m pi_beta
+            value = (weights * q).sum(-1) / weights.sum(-1).clamp_min(1e-12)
         elif next_value == "expectile":
-            value = expectile(ratio, torch.where(support, pi_beta, zero), tau)
+            value = expectile(q, weights, tau)
         elif next_value == "emaq":
-            value = expected_max(ratio, torch.where(support, pi_beta, zero), samples)
+            value = expected_max(q, weights, samples)
         elif next_value == "max":
-            value = ratio.max(dim=-1).values
+            value = q.max(dim=-1).values
         else:
             raise ValueError(f"next_value must be 'max', 'expectation', 'expectile' or 'emaq', got {next_value!r}")
         return (rewards.float() + discounts.float() * value).clamp(0.0, 1.0)
@@ -131,6 +146,29 @@ def qsft_loss(logits: Tensor, actions: Tensor, weights: Tensor, leftover: str = 
     else:
         raise ValueError(f"leftover must be 'uniform' or 'dummy', got {leftover!r}")
     return -(w * log_p_data + (1.0 - w) * log_p_rest).mean()
+
+
+def sigmoid_q_loss(logits: Tensor, actions: Tensor, weights: Tensor, conservative: float = 1.0,
+                   num_bins: Tensor | None = None) -> Tensor:
+    """L = BCE(sigmoid(z_a), w) + c * mean_{b != a} BCE(sigmoid(z_b), 0), mean over tokens (critic="sigmoid").
+
+    Each bin's logit is its own Q in [0, 1] (a discrete-action Q head as in Q-Transformer, Chebotar et al.
+    2023): no quotient of two networks, so a max over bins is a max over values the critic itself fitted.
+    The second term is the conservative part: every bin the data did not take at this token is pulled to
+    0, the least return. In expectation over the logged bin its fixed point is
+    q_b = pi_b E[w | b] / (pi_b + (1 - pi_b) c / (B - 1)): a bin pi_beta takes often keeps its value, a rare
+    one shrinks toward 0, which is what keeps a max over bins from feeding on unseen actions. `logits`
+    (N, >= B) (a dummy column past the row's bins is ignored), `num_bins` (N,) each row's real bins.
+    """
+    z = logits.float()[:, : int(num_bins.max()) if num_bins is not None else logits.shape[-1]]
+    width = z.shape[-1]
+    nb = torch.full_like(actions, width) if num_bins is None else num_bins.long().to(actions.device)
+    a = actions.long()
+    data = F.binary_cross_entropy_with_logits(z.gather(1, a[:, None]).squeeze(1), weights.detach().float(),
+                                              reduction="none")
+    others = (torch.arange(width, device=z.device)[None, :] < nb[:, None]) & (F.one_hot(a, width) == 0)
+    push_down = (F.softplus(z) * others).sum(-1) / (nb - 1).clamp_min(1)   # BCE(sigmoid(z), 0) = softplus(z)
+    return (data + conservative * push_down).mean()
 
 
 def behavior_loss(logits: Tensor, actions: Tensor, sigma: float = 0.0, num_bins: Tensor | None = None) -> Tensor:

@@ -33,9 +33,10 @@ def qvalue_table(policy, image: np.ndarray, instruction: str, state=None) -> dic
            "centres": [_centres(ad.action_tokenizer, d) for d in range(ad.num_dims)]}
     pi = ad.teacher_forced_logits(beh, images, [instruction], states, chosen, with_dummy=False)[0].softmax(-1)
     q = None
-    if is_qsft:
-        q = ad.teacher_forced_logits(ad.model, images, [instruction], states, chosen,
-                                     with_dummy=ad.leftover == "dummy")[0].softmax(-1)
+    if is_qsft:   # what the policy ranks: p_theta (~ pi_beta * Q) for the ratio critic, Q itself for the sigmoid one
+        z = ad.teacher_forced_logits(ad.model, images, [instruction], states, chosen,
+                                     with_dummy=ad.leftover == "dummy")[0]
+        q = z.sigmoid() if ad.critic == "sigmoid" else z.softmax(-1)
     for d, nb in enumerate(ad.action_tokenizer.bins):
         out["pi_beta"].append(pi[d, :nb].numpy())
         out["p_theta"].append(None if q is None else q[d, :nb].numpy())

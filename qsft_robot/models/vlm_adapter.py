@@ -62,7 +62,7 @@ class VLMAdapter:
     """Wraps one HF VLM (+ its processor) and the action tokenizer that gives bins vocabulary ids."""
 
     def __init__(self, model, processor, action_tokenizer: ActionTokenizer, use_state: bool = True,
-                 leftover: str = "dummy", image_position: str = "first"):
+                 leftover: str = "dummy", image_position: str = "first", critic: str = "ratio"):
         if image_position not in ("first", "after_instruction"):
             raise ValueError(f"image_position must be 'first' or 'after_instruction', got {image_position!r}")
         self.image_position = image_position
@@ -74,6 +74,7 @@ class VLMAdapter:
         self.action_tokenizer = action_tokenizer
         self.use_state = use_state
         self.leftover = leftover
+        self.critic = critic   # how theta's logits read as Q (algo/qsft.py bin_q_values): tilted_behavior's Q
         cfg = model.config
         self.image_token_id = int(getattr(cfg, "image_token_index", getattr(cfg, "image_token_id", -1)))
         self.image_seq_length = int(getattr(cfg, "image_seq_length", 0))
@@ -226,9 +227,12 @@ class VLMAdapter:
         for d in range(self.num_dims):
             with _reused_output(encoder) if d == 0 and encoder is not None else contextlib.nullcontext():
                 # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
-                logp = [s.logits(prev).masked_fill(~keep[d], float("-inf")).log_softmax(-1)[:, :n_bins]
-                        for s, keep in scorers]
-            score = logp[1] + beta * logp[0].exp() if mode == "tilted_behavior" else logp[0]  # pi_beta * exp(beta p)
+                raw = [s.logits(prev).masked_fill(~keep[d], float("-inf")) for s, keep in scorers]
+            logp = [r.log_softmax(-1)[:, :n_bins] for r in raw]
+            score = logp[0]   # argmax_q: argmax of theta's logits over the bins, whichever way they read as Q
+            if mode == "tilted_behavior":   # pi_beta * exp(beta Q)
+                q = raw[0][:, :n_bins].sigmoid() if self.critic == "sigmoid" else logp[0].exp()
+                score = logp[1] + beta * q
             if need_behavior and support_eps is not None:
                 score = score.masked_fill(~support_mask(logp[1].exp(), support_eps), float("-inf"))
             if sample:

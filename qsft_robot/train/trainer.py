@@ -140,7 +140,8 @@ class Trainer:
         if cfg.model.freeze_vision:  # before the copies: pi_beta and theta_bar inherit it
             logger.info("vision encoder frozen (%d parameters)", freeze_vision_encoder(model))
         self.adapter = VLMAdapter(model, self.processor, self.tokenizer, cfg.model.use_state,
-                                  leftover=cfg.algo.leftover, image_position=cfg.model.image_position)
+                                  leftover=cfg.algo.leftover, image_position=cfg.model.image_position,
+                                  critic=cfg.algo.critic)
         self._cache_image_features()
         self.nets: Networks = make_networks(cfg, model, self.processor, self.run_dir, acc)
         self.adapter.model = self.nets.theta

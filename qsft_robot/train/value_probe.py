@@ -2,10 +2,11 @@
 
 Why this diagnostic: success rates mix perception, values and acting, and a mean Bellman target says
 nothing about whether the values *separate* good from bad actions. At every episode's first frame
-(where, on mixed-quality data, the operator chose a target) the logged action's value
-Q = p_theta / pi_beta (averaged over its D tokens) should end higher for episodes that succeeded than
-for those that failed. When the backup saturates, both sit at ~1 and the fraction of targets >= 0.999
-says so (docs/design.md §2.8). Logged to train_log.csv and TensorBoard, drawn to values.png at the end.
+(where, on mixed-quality data, the operator chose a target) the logged action's value Q (algo.critic:
+p_theta / pi_beta, or the bin's sigmoid; averaged over its D tokens) should end higher for episodes that
+succeeded than for those that failed. When the backup saturates, both sit at ~1 and the fraction of
+targets >= 0.999 says so (docs/design.md §2.8). Logged to train_log.csv and TensorBoard, drawn to
+values.png at the end.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qsft_robot.algo.qsft import bin_q_values
 from qsft_robot.data.transitions import Transitions
 
 
@@ -47,8 +49,8 @@ class ValueProbe:
                 beh = ad.teacher_forced_logits(trainer.nets.pi_beta, images, instr, state, d.tokens[idx],
                                                with_dummy=False)
             tok = torch.as_tensor(d.tokens[idx])[..., None]
-            ratio = theta.softmax(-1).gather(-1, tok) / beh.softmax(-1).gather(-1, tok).clamp_min(1e-12)
-            q.append(ratio[..., 0].mean(-1))
+            values = bin_q_values(theta, beh.softmax(-1), trainer.cfg.algo.critic)
+            q.append(values.gather(-1, tok)[..., 0].mean(-1))
         q = torch.cat(q).numpy()
         return {"q_success": float(q[self.success].mean()), "q_failure": float(q[~self.success].mean())}
 

@@ -263,3 +263,42 @@ def test_sarsa_steps_back_up_pi_betas_own_value_first_then_next_value():
     assert (later > first + 1e-4).any() and (later >= first - 1e-6).all()
     with pytest.raises(ConfigError, match="sarsa_steps"):
         load_config(None, ["algo.sarsa_steps=-1"])
+
+
+def test_sigmoid_critic_backs_up_the_max_of_its_own_bins_on_pi_betas_support():
+    """critic="sigmoid": Q(b) = sigmoid(logit b), no division by pi_beta: a bin pi_beta seldom takes keeps
+    the value its logit says (where the ratio critic would read p / pi = 5 there), and a bin off the support
+    (pi < support_eps) is not backed up however high its logit."""
+    z = torch.tensor([[0.0, 2.0, 1.0, 9.0, 5.0]])           # 4 bins + a dummy column, which the critic ignores
+    pi = torch.tensor([[0.5, 0.3, 0.2 - 1e-6, 1e-6]]).log()
+    r, disc = torch.zeros(1), torch.full((1,), 0.9)
+    w = bellman_targets(z, pi, r, disc, 1e-4, "max", critic="sigmoid").item()
+    assert w == pytest.approx(0.9 * torch.tensor(2.0).sigmoid().item(), rel=1e-5)
+    mean = bellman_targets(z, pi, r, disc, 1e-4, "expectation", critic="sigmoid").item()
+    want = 0.9 * (pi.exp()[0, :3] * z[0, :3].sigmoid()).sum() / pi.exp()[0, :3].sum()
+    assert mean == pytest.approx(want.item(), rel=1e-4) and mean < w
+    with pytest.raises(ValueError, match="critic"):
+        bellman_targets(z, pi, r, disc, 1e-4, "max", critic="softmax")
+
+
+def test_sigmoid_q_loss_fixed_point_shrinks_rare_bins_toward_zero():
+    """One context, bins logged with frequencies pi and targets T: minimising sigmoid_q_loss over the data
+    gives q_b = pi_b T_b / (pi_b + (1 - pi_b) c / (B - 1)) per bin (its docstring): the rarer the bin, the more
+    its value shrinks, so a rare bin worth more falls below a frequent one; bins past the row's count are unused."""
+    from qsft_robot.algo.qsft import sigmoid_q_loss
+
+    pi, T, c, B = torch.tensor([0.7, 0.28, 0.02]), torch.tensor([0.6, 0.3, 0.9]), 1.0, 3
+    actions = torch.tensor([0] * 70 + [1] * 28 + [2] * 2)
+    w = T[actions]
+    logits = torch.zeros(1, 5, requires_grad=True)        # 3 real bins, 1 padded bin, 1 dummy column
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(2000):
+        opt.zero_grad()
+        sigmoid_q_loss(logits.expand(100, 5), actions, w, c, torch.full((100,), B)).backward()
+        opt.step()
+    q = logits.detach()[0, :B].sigmoid()
+    want = pi * T / (pi + (1 - pi) * c / (B - 1))
+    torch.testing.assert_close(q, want, atol=2e-3, rtol=0)
+    shrink = q / T
+    assert shrink[2] < shrink[1] < shrink[0] and q[2] < q[0]   # the rarest bin, though worth most, ranks last
+    assert logits.detach()[0, 3:].abs().max() == 0     # the padded bin and the dummy get no gradient

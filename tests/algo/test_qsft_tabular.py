@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss
+from qsft_robot.algo.qsft import behavior_loss, bellman_targets, polyak_update, qsft_loss, sigmoid_q_loss
 from tabular_mdp import (expected_return, greedy, q_behaviour, q_expectile, q_star, qsft_fixed_point, random_mdp,
-                         sample_dataset)
+                         sample_dataset, sigmoid_fixed_point)
 
 EPISODES = 8000
 MDP_SEED = 3
@@ -231,3 +231,47 @@ def test_n_step_emaq_targets_reach_their_exact_fixed_point(n, samples, report):
         assert (q[often] >= qb[often] - 1e-9).all() and (q[often] > qb[often] + 0.01).any()
         assert (q <= q_star(mdp) + 1e-9).all()
         assert expected_return(mdp, greedy(p)) > expected_return(mdp, greedy(mdp.behaviour_table())) + 0.01
+
+
+@pytest.mark.slow
+def test_sigmoid_critic_reaches_its_conservative_fixed_point_and_acts_near_optimally(report):
+    """critic="sigmoid" (max backup): each bin's sigmoid reaches q* = pi T / (pi + (1 - pi) c / (B - 1)) from
+    exact DP; greedy on it beats BC's greedy choice on the diffuse (noisy-operator) MDP, where argmax pi_beta is
+    a poor action; and the conservative weight shrinks rare bins, not frequent ones."""
+    c = 0.5
+    for behaviour in ("random", "diffuse"):
+        mdp = random_mdp(seed=MDP_SEED, behaviour=behaviour)
+        data = sample_dataset(mdp, EPISODES, seed=1)
+        torch.manual_seed(0)
+        B, n = mdp.num_bins, mdp.num_token_states
+        theta, target, phi = (torch.nn.Embedding(n, B) for _ in range(3))
+        for table in (theta, phi):
+            torch.nn.init.zeros_(table.weight)
+        target.load_state_dict(theta.state_dict())
+        opt = torch.optim.Adam(list(theta.parameters()) + list(phi.parameters()), lr=0.1)
+        t = {k: torch.as_tensor(v) for k, v in data.items()}
+        for _ in range(600):
+            w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"],
+                                next_value="max", critic="sigmoid")
+            loss = sigmoid_q_loss(theta(t["state"]), t["action"], w, c) + behavior_loss(phi(t["state"]), t["action"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            polyak_update(target, theta, alpha=0.05)
+        q = theta.weight.detach().sigmoid().numpy()
+        want = sigmoid_fixed_point(mdp, c)
+        rows = np.nonzero(np.bincount(data["state"], minlength=n) >= 300)[0]
+        err = np.abs(q[rows] - want[rows]).max()
+        r = {"optimal": expected_return(mdp, greedy(q_star(mdp))), "greedy sigmoid Q": expected_return(mdp, greedy(q)),
+             "greedy sft": expected_return(mdp, greedy(mdp.behaviour_table())),
+             "pi_beta": expected_return(mdp, mdp.behaviour_table())}
+        report(f"tabular sigmoid critic [{behaviour}, c={c}]: max |q - q*| = {err:.4f} over {len(rows)} rows; {fmt(r)}")
+        assert err <= 0.05
+        assert r["greedy sigmoid Q"] > r["pi_beta"]
+        if behaviour == "diffuse":
+            assert r["greedy sigmoid Q"] > r["greedy sft"] + 0.01
+        else:   # the shrink factor against c -> 0, on bins pi_beta takes rarely vs often
+            pi, shrink = mdp.behaviour_table(), want / np.maximum(sigmoid_fixed_point(mdp, 1e-6), 1e-12)
+            rare, often = (pi < 0.2) & (want > 0.01), pi > 0.5
+            assert rare.any() and often.any()
+            assert shrink[rare].mean() < shrink[often].mean()   # (backed-up values shrink too: means, not each bin)

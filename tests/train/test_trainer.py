@@ -305,3 +305,36 @@ def test_episode_sampling_weights_every_episode_equally():
     draws = np.concatenate([batch_indices(0, s, len(episode), 64, probs) for s in range(50)])
     assert abs((draws >= 30).mean() - 0.5) < 0.05            # uniform frames would give 5/35 = 0.14
     np.testing.assert_array_equal(batch_indices(3, 7, 35, 8, probs), batch_indices(3, 7, 35, 8, probs))
+
+
+def test_sigmoid_critic_trains_and_acts_on_its_own_bin_values(tmp_path, episodes):
+    """algo.critic=sigmoid end to end: the checkpoint remembers the critic, and acting reads theta's logits as
+    Q = sigmoid(logit) per bin: argmax_q is the bin of the highest logit, tilted_behavior maximises
+    log pi_beta + beta * sigmoid(logit) (not theta's softmax, which a sigmoid critic is not)."""
+    from qsft_robot.algo.policy import load_policy
+
+    ckpt = Trainer(cfg_for(tmp_path, steps=2, **{"algo.critic": "sigmoid", "algo.next_value": "max"}),
+                   episodes).train()
+    log = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert len(log) == 3 and "nan" not in log[-1]
+    imgs = np.stack([e.images["wrist"][:1] for e in episodes])
+    instr = [e.instruction for e in episodes]
+    states = np.stack([e.state[0] for e in episodes])
+    greedy = load_policy(ckpt, support_eps=None)
+    assert greedy.adapter.critic == "sigmoid"
+    torch.manual_seed(0)
+    with torch.no_grad():   # theta's logits spread wide, so the two modes' choices can part
+        emb = greedy.adapter.model.get_output_embeddings().weight
+        emb[greedy.adapter.bin_token_ids] = torch.randn_like(emb[greedy.adapter.bin_token_ids]) * 5
+    first = torch.as_tensor(greedy.act_tokens(imgs, instr, states))[:, :1]
+    with torch.no_grad():
+        z = greedy.adapter.teacher_forced_logits(greedy.adapter.model, imgs, instr, states, first.repeat(1, 4),
+                                                 with_dummy=True)[:, 0, :16]
+        pi = greedy.adapter.teacher_forced_logits(greedy.behavior_model, imgs, instr, states, first.repeat(1, 4),
+                                                  with_dummy=False)[:, 0, :16].log_softmax(-1)
+    assert torch.equal(first[:, 0], z.argmax(-1))
+    tilted = load_policy(ckpt, mode="tilted_behavior", beta=3.0)
+    tilted.adapter.model = greedy.adapter.model
+    want = (pi + 3.0 * z.sigmoid()).argmax(-1)
+    assert torch.equal(torch.as_tensor(tilted.act_tokens(imgs, instr, states))[:, 0], want)
+    assert not torch.equal(want, (pi + 3.0 * z.softmax(-1)).argmax(-1))   # the test tells the two readings apart
