@@ -22,8 +22,9 @@ class ConfigError(ValueError):
 
 
 Algorithm = Literal["qsft", "sft", "filtered_bc"]      # algo.name
-# eval.mode, the ROS node's mode (docs/design.md §2.6): argmax_q = greedy on p_theta within pi_beta's support;
-# tilted_behavior = pi_beta * exp(beta p_theta); argmax_behavior = greedy on pi_beta alone (BC checkpoints)
+# eval.mode, the ROS node's mode (docs/design.md §2.6): argmax_q = greedy on theta's bins within pi_beta's support;
+# tilted_behavior = pi_beta * exp(beta Q), Q = p_theta (algo.critic=ratio) or the bin's sigmoid (critic=sigmoid);
+# argmax_behavior = greedy on pi_beta alone (BC checkpoints)
 ActingMode = Literal["argmax_q", "tilted_behavior", "argmax_behavior"]
 DataFormatName = Literal["auto", "lerobot", "robomimic", "aloha", "hdf5"]  # data.format (data/sources.py)
 ALGORITHMS: tuple[str, ...] = typing.get_args(Algorithm)

@@ -1,7 +1,8 @@
 """Acting from a checkpoint (docs/design.md §2.6): the modes of config.ActingMode, argmax_q by default.
 
-argmax_q is a behaviour-regularised greedy choice (p_theta ~ pi_beta * Q): it is deliberately not
-argmax Q*, so do not divide by pi_beta here.
+argmax_q with Q-SFT's ratio critic is a behaviour-regularised greedy choice (p_theta ~ pi_beta * Q): it is
+deliberately not argmax Q*, so do not divide by pi_beta here. With algo.critic=sigmoid theta's logits are Q
+itself (conservative by their training), and the same argmax over them is greedy on Q.
 """
 from __future__ import annotations
 

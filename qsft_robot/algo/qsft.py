@@ -158,7 +158,9 @@ def sigmoid_q_loss(logits: Tensor, actions: Tensor, weights: Tensor, conservativ
     0, the least return. In expectation over the logged bin its fixed point is
     q_b = pi_b E[w | b] / (pi_b + (1 - pi_b) c / (B - 1)): a bin pi_beta takes often keeps its value, a rare
     one shrinks toward 0, which is what keeps a max over bins from feeding on unseen actions. `logits`
-    (N, >= B) (a dummy column past the row's bins is ignored), `num_bins` (N,) each row's real bins.
+    (N, >= B): columns past max(num_bins) (the dummy) are ignored; with num_bins None every column is a bin.
+    `num_bins` (N,): each row's real bins; a row's padded bins (algo.per_dim_bins) are no action, so they are
+    pulled to 0 with the same weight and never win a max backed up from them.
     """
     z = logits.float()[:, : int(num_bins.max()) if num_bins is not None else logits.shape[-1]]
     width = z.shape[-1]
@@ -166,7 +168,7 @@ def sigmoid_q_loss(logits: Tensor, actions: Tensor, weights: Tensor, conservativ
     a = actions.long()
     data = F.binary_cross_entropy_with_logits(z.gather(1, a[:, None]).squeeze(1), weights.detach().float(),
                                               reduction="none")
-    others = (torch.arange(width, device=z.device)[None, :] < nb[:, None]) & (F.one_hot(a, width) == 0)
+    others = F.one_hot(a, width) == 0
     push_down = (F.softplus(z) * others).sum(-1) / (nb - 1).clamp_min(1)   # BCE(sigmoid(z), 0) = softplus(z)
     return (data + conservative * push_down).mean()
 

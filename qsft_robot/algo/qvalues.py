@@ -4,7 +4,7 @@ For each action dimension d (conditioned on the greedy tokens chosen for dimensi
 acting) it plots p_theta (Q-SFT's conservative Q-value, docs/design.md §2.5) and pi_beta over the bins, marks
 the bin the policy picks and, for a dataset frame, the bin the operator took. Where p_theta sits well
 below pi_beta the model has learned that the logged action leads nowhere; where they agree it is
-imitating.
+imitating. With algo.critic=sigmoid the curve is the bin's Q = sigmoid(logit) itself, on its own [0, 1] scale.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def qvalue_table(policy, image: np.ndarray, instruction: str, state=None) -> dic
     chosen = policy.act_tokens(images if images.ndim == 5 else images[:, None], [instruction], states)
     is_qsft = policy.behavior_model is not None   # a BC checkpoint has pi_beta only
     beh = policy.behavior_model if is_qsft else ad.model
-    out = {"chosen": chosen[0], "p_theta": [], "pi_beta": [], "bins": ad.action_tokenizer.bins,
+    out = {"chosen": chosen[0], "p_theta": [], "pi_beta": [], "bins": ad.action_tokenizer.bins, "critic": ad.critic,
            "centres": [_centres(ad.action_tokenizer, d) for d in range(ad.num_dims)]}
     pi = ad.teacher_forced_logits(beh, images, [instruction], states, chosen, with_dummy=False)[0].softmax(-1)
     q = None
@@ -62,7 +62,8 @@ def plot_qvalues(table: dict, path: str | Path, image: np.ndarray | None = None,
         x = np.arange(len(table["pi_beta"][d]))
         ax.bar(x, table["pi_beta"][d], color="#bbbbbb", label="π_β")
         if table["p_theta"][d] is not None:
-            ax.step(x, table["p_theta"][d], where="mid", color="#2a6fdb", label="p_θ (Q)")
+            ax.step(x, table["p_theta"][d], where="mid", color="#2a6fdb",
+                    label="Q = σ(logit)" if table.get("critic") == "sigmoid" else "p_θ (Q)")
         ax.axvline(table["chosen"][d], color="#2ca02c", ls="--", lw=1, label="chosen")
         if data_tokens is not None:
             ax.axvline(int(data_tokens[d]), color="#d62728", ls=":", lw=1, label="logged")

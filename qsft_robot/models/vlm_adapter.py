@@ -226,8 +226,8 @@ class VLMAdapter:
         prev = None
         for d in range(self.num_dims):
             with _reused_output(encoder) if d == 0 and encoder is not None else contextlib.nullcontext():
-                # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
                 raw = [s.logits(prev).masked_fill(~keep[d], float("-inf")) for s, keep in scorers]
+            # log-softmax, not softmax().log(): a probability that underflows to 0 must still rank
             logp = [r.log_softmax(-1)[:, :n_bins] for r in raw]
             score = logp[0]   # argmax_q: argmax of theta's logits over the bins, whichever way they read as Q
             if mode == "tilted_behavior":   # pi_beta * exp(beta Q)

@@ -284,7 +284,8 @@ def test_sigmoid_critic_backs_up_the_max_of_its_own_bins_on_pi_betas_support():
 def test_sigmoid_q_loss_fixed_point_shrinks_rare_bins_toward_zero():
     """One context, bins logged with frequencies pi and targets T: minimising sigmoid_q_loss over the data
     gives q_b = pi_b T_b / (pi_b + (1 - pi_b) c / (B - 1)) per bin (its docstring): the rarer the bin, the more
-    its value shrinks, so a rare bin worth more falls below a frequent one; bins past the row's count are unused."""
+    its value shrinks, so a rare bin worth more falls below a frequent one; a padded bin (past the row's count) is
+    pulled to 0, and the dummy column gets no gradient."""
     from qsft_robot.algo.qsft import sigmoid_q_loss
 
     pi, T, c, B = torch.tensor([0.7, 0.28, 0.02]), torch.tensor([0.6, 0.3, 0.9]), 1.0, 3
@@ -301,4 +302,7 @@ def test_sigmoid_q_loss_fixed_point_shrinks_rare_bins_toward_zero():
     torch.testing.assert_close(q, want, atol=2e-3, rtol=0)
     shrink = q / T
     assert shrink[2] < shrink[1] < shrink[0] and q[2] < q[0]   # the rarest bin, though worth most, ranks last
-    assert logits.detach()[0, 3:].abs().max() == 0     # the padded bin and the dummy get no gradient
+    assert logits.detach()[0, 3:].abs().max() == 0   # columns past every row's bins (the dummy): no gradient
+    mixed = torch.zeros(2, 5, requires_grad=True)     # row 0 has 3 bins (column 3 padded), row 1 has 4
+    sigmoid_q_loss(mixed, torch.tensor([0, 0]), torch.tensor([0.5, 0.5]), c, torch.tensor([3, 4])).backward()
+    assert mixed.grad[0, 3] > 0 and mixed.grad[:, 4].abs().max() == 0   # the padded bin is pulled down

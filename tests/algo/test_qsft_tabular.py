@@ -236,8 +236,8 @@ def test_n_step_emaq_targets_reach_their_exact_fixed_point(n, samples, report):
 @pytest.mark.slow
 def test_sigmoid_critic_reaches_its_conservative_fixed_point_and_acts_near_optimally(report):
     """critic="sigmoid" (max backup): each bin's sigmoid reaches q* = pi T / (pi + (1 - pi) c / (B - 1)) from
-    exact DP; greedy on it beats BC's greedy choice on the diffuse (noisy-operator) MDP, where argmax pi_beta is
-    a poor action; and the conservative weight shrinks rare bins, not frequent ones."""
+    exact DP; greedy on it is within 0.05 of the optimal return, and beats BC's greedy choice on the diffuse
+    (noisy-operator) MDP, where argmax pi_beta is a poor action."""
     c = 0.5
     for behaviour in ("random", "diffuse"):
         mdp = random_mdp(seed=MDP_SEED, behaviour=behaviour)
@@ -267,11 +267,6 @@ def test_sigmoid_critic_reaches_its_conservative_fixed_point_and_acts_near_optim
              "pi_beta": expected_return(mdp, mdp.behaviour_table())}
         report(f"tabular sigmoid critic [{behaviour}, c={c}]: max |q - q*| = {err:.4f} over {len(rows)} rows; {fmt(r)}")
         assert err <= 0.05
-        assert r["greedy sigmoid Q"] > r["pi_beta"]
+        assert r["greedy sigmoid Q"] >= r["optimal"] - 0.05 and r["greedy sigmoid Q"] > r["pi_beta"]
         if behaviour == "diffuse":
             assert r["greedy sigmoid Q"] > r["greedy sft"] + 0.01
-        else:   # the shrink factor against c -> 0, on bins pi_beta takes rarely vs often
-            pi, shrink = mdp.behaviour_table(), want / np.maximum(sigmoid_fixed_point(mdp, 1e-6), 1e-12)
-            rare, often = (pi < 0.2) & (want > 0.01), pi > 0.5
-            assert rare.any() and often.any()
-            assert shrink[rare].mean() < shrink[often].mean()   # (backed-up values shrink too: means, not each bin)

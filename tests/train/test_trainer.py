@@ -338,3 +338,30 @@ def test_sigmoid_critic_trains_and_acts_on_its_own_bin_values(tmp_path, episodes
     want = (pi + 3.0 * z.sigmoid()).argmax(-1)
     assert torch.equal(torch.as_tensor(tilted.act_tokens(imgs, instr, states))[:, 0], want)
     assert not torch.equal(want, (pi + 3.0 * z.softmax(-1)).argmax(-1))   # the test tells the two readings apart
+
+
+@pytest.mark.parametrize("target", ["bellman", "n_step"])
+def test_the_configured_critic_reaches_the_targets_and_the_loss(tmp_path, episodes, monkeypatch, target):
+    """algo.critic is what the batch loss hands to bellman_targets on both bootstrapped paths, and the sigmoid
+    critic is fitted by sigmoid_q_loss, not by the Q-SFT cross-entropy."""
+    import qsft_robot.algo.losses as losses
+
+    seen = {"critic": [], "sigmoid_loss": 0, "qsft_loss": 0}
+
+    def spy_targets(*args, **kw):
+        seen["critic"].append(args[8] if len(args) > 8 else kw.get("critic", "ratio"))
+        return real_targets(*args, **kw)
+
+    def count(name, fn):
+        def wrapped(*args, **kw):
+            seen[name] += 1
+            return fn(*args, **kw)
+        return wrapped
+
+    real_targets = losses.bellman_targets
+    monkeypatch.setattr(losses, "bellman_targets", spy_targets)
+    monkeypatch.setattr(losses, "sigmoid_q_loss", count("sigmoid_loss", losses.sigmoid_q_loss))
+    monkeypatch.setattr(losses, "qsft_loss", count("qsft_loss", losses.qsft_loss))
+    Trainer(cfg_for(tmp_path, steps=2, **{"algo.critic": "sigmoid", "algo.target": target}), episodes).train()
+    assert seen["critic"] and set(seen["critic"]) == {"sigmoid"}
+    assert seen["sigmoid_loss"] == 2 and seen["qsft_loss"] == 0
