@@ -111,10 +111,8 @@ def bc_agreement(runs: list[str], episodes: int) -> None:
 
 
 def critic_preference(runs: list[str], episodes: int) -> None:
-    import torch
-
     from qsft_robot.algo.policy import load_policy
-    from qsft_robot.algo.qsft import bin_q_values
+    from qsft_robot.algo.qvalues import logged_q_values
 
     imgs, ins, sts, acts, t_idx = oracle_states(episodes, 15)   # the reach: the first 15 steps
     away = acts.copy()
@@ -124,16 +122,10 @@ def critic_preference(runs: list[str], episodes: int) -> None:
         pol = load_policy(run)
         if pol.behavior_model is None:
             raise SystemExit(f"{run}: not a Q-SFT run with its pi_beta (behavior/)")
-        ad, tok = pol.adapter, pol.action_tokenizer
         p, q = {}, {}
-        with torch.no_grad():
-            for kind, a in [("toward", acts), ("away", away)]:
-                ids = torch.as_tensor(tok.encode(a))[..., None]
-                z = ad.teacher_forced_logits(ad.model, imgs, ins, sts, ids[..., 0].numpy(), with_dummy=True)
-                beta = ad.teacher_forced_logits(pol.behavior_model, imgs, ins, sts, ids[..., 0].numpy(),
-                                                with_dummy=False).softmax(-1)
-                p[kind] = beta.gather(2, ids).squeeze(-1).numpy()
-                q[kind] = bin_q_values(z, beta, ad.critic).gather(2, ids).squeeze(-1).numpy()
+        for kind, a in [("toward", acts), ("away", away)]:
+            q_kind, p_kind = logged_q_values(pol, imgs, ins, sts, pol.action_tokenizer.encode(a))
+            q[kind], p[kind] = q_kind.numpy(), p_kind.numpy()
         for d in (0, 1):
             m = np.abs(acts[:, d]) > 0.3
             q_t, q_a = q["toward"][m, d], q["away"][m, d]

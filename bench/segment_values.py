@@ -16,26 +16,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
 
-from qsft_robot.algo.qsft import bin_q_values  # noqa: E402
+from qsft_robot.algo.qvalues import logged_q_values  # noqa: E402
 
 
 def logged_q(policy, ep, frames: list[int]) -> np.ndarray:
     """Q of the logged action at `frames` (algo.critic: p_theta / pi_beta, or the bin's sigmoid), averaged over
     its tokens."""
-    ad = policy.adapter
     cam = sorted(ep.images)[0]
-    tokens = ad.action_tokenizer.encode(ep.actions[frames])
-    args = (ep.images[cam][frames][:, None], [ep.instruction] * len(frames), ep.state[frames], tokens)
-    with torch.no_grad():
-        z = ad.teacher_forced_logits(ad.model, *args, with_dummy=True)
-        beta = ad.teacher_forced_logits(policy.behavior_model, *args, with_dummy=False).softmax(-1)
-    t = torch.as_tensor(tokens)[..., None]
-    return bin_q_values(z, beta, ad.critic).gather(-1, t)[..., 0].mean(-1).numpy()
+    tokens = policy.action_tokenizer.encode(ep.actions[frames])
+    q, _ = logged_q_values(policy, ep.images[cam][frames][:, None], [ep.instruction] * len(frames), ep.state[frames],
+                           tokens)
+    return q.mean(-1).numpy()
 
 
 def main() -> None:

@@ -21,6 +21,21 @@ def _centres(tok, d: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def logged_q_values(policy, images, instructions: list[str], states, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q (algo.critic: p_theta / pi_beta, or the bin's sigmoid; bin_q_values) and pi_beta of given action tokens
+    (N, D), each dimension scored after the earlier ones (one teacher-forced pass per network): what a critic
+    says of actions someone else chose, a log's or an oracle's. images (N, cams, H, W, 3)."""
+    from qsft_robot.algo.qsft import bin_q_values
+
+    ad = policy.adapter
+    z = ad.teacher_forced_logits(ad.model, images, instructions, states, tokens, with_dummy=True)
+    beta = ad.teacher_forced_logits(policy.behavior_model, images, instructions, states, tokens,
+                                    with_dummy=False).softmax(-1)
+    t = torch.as_tensor(np.asarray(tokens))[..., None]
+    return bin_q_values(z, beta, ad.critic).gather(-1, t)[..., 0], beta.gather(-1, t)[..., 0]
+
+
+@torch.no_grad()
 def qvalue_table(policy, image: np.ndarray, instruction: str, state=None) -> dict:
     """image (H, W, 3) or (cams, H, W, 3) uint8 -> {'chosen': (D,), 'p_theta': [D x (B_d,)], 'pi_beta': ...}."""
     ad = policy.adapter

@@ -17,10 +17,12 @@ MDP_SEED = 3
 
 
 def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, lr=0.1, alpha=0.05,
-                 next_value="max", target="bellman", tau=0.9):
+                 next_value="max", target="bellman", tau=0.9, critic="ratio", conservative=1.0):
     """Full-batch training of three logit tables (theta, theta_bar, phi) on the whole dataset.
 
     Full batch removes SGD noise, so what is left between the table and p* is the finite data.
+    Returns (p_theta, pi_beta) tables; with critic="sigmoid" (fitted by sigmoid_q_loss) theta's table is
+    sigmoid(logit), its Q.
     """
     torch.manual_seed(seed)
     target_kind = target
@@ -38,14 +40,17 @@ def train_tables(data, num_token_states, num_bins, leftover, steps=600, seed=0, 
             w = t["return"].float()
         else:
             w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"],
-                                next_value=next_value, tau=tau)
-        loss = qsft_loss(theta(t["state"]), t["action"], w, leftover) + behavior_loss(phi(t["state"]), t["action"])
+                                next_value=next_value, tau=tau, critic=critic)
+        q_loss = (sigmoid_q_loss(theta(t["state"]), t["action"], w, conservative) if critic == "sigmoid"
+                  else qsft_loss(theta(t["state"]), t["action"], w, leftover))
+        loss = q_loss + behavior_loss(phi(t["state"]), t["action"])
         opt.zero_grad()
         loss.backward()
         opt.step()
         polyak_update(target, theta, alpha=alpha)
     with torch.no_grad():
-        return theta.weight.softmax(-1).numpy(), phi.weight.softmax(-1).numpy()
+        q = theta.weight.sigmoid() if critic == "sigmoid" else theta.weight.softmax(-1)
+        return q.numpy(), phi.weight.softmax(-1).numpy()
 
 
 @functools.lru_cache(maxsize=None)
@@ -242,23 +247,9 @@ def test_sigmoid_critic_reaches_its_conservative_fixed_point_and_acts_near_optim
     for behaviour in ("random", "diffuse"):
         mdp = random_mdp(seed=MDP_SEED, behaviour=behaviour)
         data = sample_dataset(mdp, EPISODES, seed=1)
-        torch.manual_seed(0)
-        B, n = mdp.num_bins, mdp.num_token_states
-        theta, target, phi = (torch.nn.Embedding(n, B) for _ in range(3))
-        for table in (theta, phi):
-            torch.nn.init.zeros_(table.weight)
-        target.load_state_dict(theta.state_dict())
-        opt = torch.optim.Adam(list(theta.parameters()) + list(phi.parameters()), lr=0.1)
-        t = {k: torch.as_tensor(v) for k, v in data.items()}
-        for _ in range(600):
-            w = bellman_targets(target(t["next_state"]), phi(t["next_state"]), t["reward"], t["discount"],
-                                next_value="max", critic="sigmoid")
-            loss = sigmoid_q_loss(theta(t["state"]), t["action"], w, c) + behavior_loss(phi(t["state"]), t["action"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            polyak_update(target, theta, alpha=0.05)
-        q = theta.weight.detach().sigmoid().numpy()
+        n = mdp.num_token_states
+        # "uniform": theta has the B bins only (the sigmoid critic has no dummy)
+        q, _ = train_tables(data, n, mdp.num_bins, "uniform", critic="sigmoid", conservative=c)
         want = sigmoid_fixed_point(mdp, c)
         rows = np.nonzero(np.bincount(data["state"], minlength=n) >= 300)[0]
         err = np.abs(q[rows] - want[rows]).max()

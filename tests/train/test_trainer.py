@@ -333,6 +333,10 @@ def test_sigmoid_critic_trains_and_acts_on_its_own_bin_values(tmp_path, episodes
         pi = greedy.adapter.teacher_forced_logits(greedy.behavior_model, imgs, instr, states, first.repeat(1, 4),
                                                   with_dummy=False)[:, 0, :16].log_softmax(-1)
     assert torch.equal(first[:, 0], z.argmax(-1))
+    from qsft_robot.algo.qvalues import logged_q_values   # what the bench probes read: the same sigmoid, gathered
+    q, p = logged_q_values(greedy, imgs, instr, states, first.repeat(1, 4).numpy())
+    torch.testing.assert_close(q[:, 0], z.sigmoid().gather(-1, first)[:, 0])
+    torch.testing.assert_close(p[:, 0], pi.exp().gather(-1, first)[:, 0])
     tilted = load_policy(ckpt, mode="tilted_behavior", beta=3.0)
     tilted.adapter.model = greedy.adapter.model
     want = (pi + 3.0 * z.sigmoid()).argmax(-1)
