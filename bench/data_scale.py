@@ -89,7 +89,7 @@ def stage_main(stage: str, path: Path, work: Path, a) -> dict:
     from qsft_robot.data.sources import load_training_data
     if stage == "cache":
         t = time.perf_counter()
-        light, store = load_training_data(DataConfig(path=str(path)), work)
+        light, store = load_training_data(DataConfig(path=str(path), feature_cache=str(work)))
         return {"seconds": time.perf_counter() - t, "frames": len(store)}
     if stage == "epoch":
         import numpy as np
@@ -97,7 +97,7 @@ def stage_main(stage: str, path: Path, work: Path, a) -> dict:
         from qsft_robot.data.action_tokenizer import ActionTokenizer
         from qsft_robot.data.sampling import prefetcher
         from qsft_robot.data.transitions import build_transitions
-        light, store = load_training_data(DataConfig(path=str(path)), work)  # the cache stage's, reused
+        light, store = load_training_data(DataConfig(path=str(path), feature_cache=str(work)))  # the cache stage's
         tok = ActionTokenizer.fit(np.concatenate([e.actions for e in light]), 16)
         data = build_transitions(light, tok, 0.9, "success", images=store)
         steps = -(-len(data) // a.batch_size)

@@ -139,7 +139,7 @@ class DataConfig:
     instruction: str = ""           # for logs without language (ALOHA HDF5)
     end_is_terminal: bool = False   # last step of every episode is terminal (failed time-out = value 0)
     drop_nonfinite: bool = False    # drop frames with NaN/inf actions (counted in the log) instead of failing
-    feature_cache: str = ""         # frozen-tower feature cache folder; "": $QSFT_ROBOT_CACHE or ~/.cache/qsft_robot
+    feature_cache: str = ""         # cache folder (frames/, features/); "": $QSFT_ROBOT_CACHE or ~/.cache/qsft_robot
 
 
 @dataclass

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from qsft_robot.data.cache_dirs import building_folder, default_cache_root, publish
 from qsft_robot.data.image_store import ImageStore, MemmapImageStore
 
 logger = logging.getLogger(__name__)
@@ -30,11 +29,6 @@ logger = logging.getLogger(__name__)
 class FeatureStore(MemmapImageStore):
     """(N, cams, C, h, w) float16 feature maps addressed by transition index, like an ImageStore."""
     data_file, meta_file, dtype = "features.f16", "features.json", np.float16
-
-
-def default_cache_root() -> Path:
-    """$QSFT_ROBOT_CACHE, else ~/.cache/qsft_robot (data.feature_cache overrides both)."""
-    return Path(os.environ.get("QSFT_ROBOT_CACHE") or Path.home() / ".cache" / "qsft_robot")
 
 
 def frames_fingerprint(frames: ImageStore, chunk: int = 1024) -> str:
@@ -60,8 +54,7 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
     if store is not None:
         logger.info("image features reused from %s", folder)
         return store
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = building_folder(folder)
     shape = None
     with open(tmp / FeatureStore.data_file, "wb") as fh:
         for start in tqdm(range(0, len(frames), batch_size), desc="cache image features", unit="batch"):
@@ -72,23 +65,8 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
             shape = shape or feats.shape[1:]
             fh.write(np.ascontiguousarray(feats).tobytes())
     (tmp / FeatureStore.meta_file).write_text(json.dumps({"shape": [len(frames), *shape], "source": source}))
-    # another process (a parallel benchmark seed on the same frames) may have finished first: keep its
-    # folder, which a reader may already have open, and drop this copy. A folder of this name that is not
-    # valid (the name hashes frames and key) is a broken one: moved aside, then replaced.
-    for _ in range(2):
-        try:
-            os.replace(tmp, folder)
-            break
-        except OSError:   # the folder exists and is not empty
-            done = FeatureStore.open_if_valid(folder, len(frames), source)
-            if done is not None:
-                shutil.rmtree(tmp)
-                logger.info("image features reused from %s (built by another process meanwhile)", folder)
-                return done
-            broken = folder.with_name(folder.name + f".broken{os.getpid()}")
-            os.replace(folder, broken)
-            shutil.rmtree(broken, ignore_errors=True)
-    else:
-        raise OSError(f"could not move {tmp} to {folder}")
+    done = publish(tmp, folder, lambda: FeatureStore.open_if_valid(folder, len(frames), source))
+    if done is not None:
+        return done
     logger.info("cached image features %s for %d frames in %s", tuple(shape), len(frames), folder)
     return FeatureStore(folder)

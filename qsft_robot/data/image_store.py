@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from qsft_robot.data.cache_dirs import building_folder, publish
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ class MemmapImageStore(ImageStore):
     def write(cls, folder: str | Path, chunks: Iterable[np.ndarray], total_frames: int | None = None,
               source: str = "") -> "MemmapImageStore":
         """Stream (n, cams, H, W, 3) uint8 blocks of frames into the store, block after block, so memory stays
-        at one block whatever the dataset's size; the folder is complete or absent (temp + rename)."""
+        at one block whatever the dataset's size; the folder is complete or absent (temp + rename), and a folder
+        of the same name that another process finished first is kept (data/cache_dirs.py)."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = building_folder(folder)
         n, frame_shape = 0, None
         with open(tmp / cls.data_file, "wb") as fh, tqdm(total=total_frames, desc="cache frames", unit="frame") as bar:
             for block in chunks:
@@ -85,10 +86,9 @@ class MemmapImageStore(ImageStore):
         if total_frames is not None and n != total_frames:
             raise ValueError(f"frame cache holds {n} frames, the dataset has {total_frames}")
         (tmp / cls.meta_file).write_text(json.dumps({"shape": [n, *frame_shape], "source": source}))
-        if folder.exists():
-            import shutil
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        done = publish(tmp, folder, lambda: cls.open_if_valid(folder, n, source))
+        if done is not None:
+            return done
         logger.info("cached %d frames (%.1f MB) in %s", n, n * np.prod(frame_shape) / 1e6, folder)
         return cls(folder)
 

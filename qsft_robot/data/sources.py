@@ -12,6 +12,8 @@ and `qvalues` all open data here.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,14 +169,28 @@ def open_dataset(path: str | Path, format: str = "auto", cameras: list[str] | No
     return Dataset(detect_format(path, format), cameras or None, instruction, drop_nonfinite)
 
 
-def load_training_data(data_cfg, run_dir: Path, keep: Callable[[Episode], bool] = lambda ep: True,
-                       cache_tag: str = "") -> tuple[list[Episode], object | None]:
+def dataset_files_signature(path: str | Path) -> str:
+    """Every file of a dataset folder with its size and modification time: a dataset re-recorded or edited in
+    place (same episode count, other frames) gets another frame cache instead of the stale one."""
+    root = Path(path).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256(str(root).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def load_training_data(data_cfg, keep: Callable[[Episode], bool] = lambda ep: True
+                       ) -> tuple[list[Episode], object | None]:
     """Episodes to train on, from `data_cfg` (config.DataConfig).
 
-    LeRobot data is streamed: episodes come back without frames and the frames go into a uint8 memmap
-    under run_dir/frame_cache (reused while the dataset and `cache_tag` are unchanged), so datasets
-    larger than RAM train. Other formats are read into memory. Returns (episodes, frame store or None).
+    LeRobot data is streamed: episodes come back without frames and the frames go into a uint8 memmap in
+    the shared cache (data.feature_cache or $QSFT_ROBOT_CACHE, under frames/), named by the dataset's files
+    and the episodes kept, so every run on the same data (BC, Q-SFT, each seed, a resumed run) reads one copy
+    and datasets larger than RAM train. Other formats are read into memory. Returns (episodes, frame store or None).
     """
+    from qsft_robot.data.cache_dirs import default_cache_root
     from qsft_robot.data.image_store import MemmapImageStore
 
     ds = open_dataset(data_cfg.path, data_cfg.format, data_cfg.cameras, data_cfg.instruction,
@@ -182,11 +198,15 @@ def load_training_data(data_cfg, run_dir: Path, keep: Callable[[Episode], bool] 
     if not ds.streamable:
         return [e for e in ds.episodes() if keep(e)], None
     light = [e for e in ds.iter_episodes(images=False) if keep(e)]
+    indices = [int(e.meta["episode_index"]) for e in light]
+    source = json.dumps({"dataset": dataset_files_signature(data_cfg.path), "cameras": data_cfg.cameras,
+                         "episodes": hashlib.sha256(repr(indices).encode()).hexdigest()}, sort_keys=True)
     total = sum(len(e) for e in light)
-    source = f"{Path(data_cfg.path).resolve()}|{len(light)}|{total}|{data_cfg.cameras}|{cache_tag}"
-    folder = run_dir / "frame_cache"
+    root = Path(data_cfg.feature_cache) if data_cfg.feature_cache else default_cache_root()
+    folder = root / "frames" / hashlib.sha256(source.encode()).hexdigest()[:20]
     store = MemmapImageStore.open_if_valid(folder, total, source)
     if store is None:
-        store = MemmapImageStore.write(folder, ds.iter_frame_chunks([e.meta["episode_index"] for e in light]),
-                                       total_frames=total, source=source)
+        store = MemmapImageStore.write(folder, ds.iter_frame_chunks(indices), total_frames=total, source=source)
+    else:
+        logger.info("frames reused from %s", folder)
     return light, store

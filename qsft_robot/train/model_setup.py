@@ -35,7 +35,7 @@ def build_models(cfg: RunConfig, run_dir: Path, episodes: list[Episode], tokeniz
                               position_channels=cfg.model.position_channels,
                               vision="efficientnet" if cfg.model.preset == "tiny" else "clip_scratch")
     elif cfg.model.preset == "smollm2":
-        from qsft_robot.data.feature_cache import default_cache_root
+        from qsft_robot.data.cache_dirs import default_cache_root
         from qsft_robot.models.smollm2_vlm import cached_base
         m = cfg.model
         base = cached_base(default_cache_root(), m.image_size, m.output_stride, m.position_channels, m.smollm2_layers)

@@ -109,7 +109,7 @@ class Trainer:
         store = None
         with self.accelerator.main_process_first():  # the frame cache is written once
             if episodes is None:
-                episodes, store = load_training_data(cfg.data, self.run_dir, keep, cache_tag=cfg.algo.name)
+                episodes, store = load_training_data(cfg.data, keep)
             else:
                 episodes = [e for e in episodes if keep(e)]
         if not episodes:

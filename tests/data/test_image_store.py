@@ -37,11 +37,15 @@ def test_memmap_store_matches_decoded_frames_and_workers_match_inline(tmp_path):
     workers = run("workers", 2)
     for a, b in zip(inline.model.parameters(), workers.model.parameters()):
         assert torch.equal(a, b)
-    # a second run on the same data reuses the cache instead of decoding again
-    mtime = (tmp_path / "inline" / "frame_cache" / "frames.u8").stat().st_mtime_ns
-    Trainer(load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / 'inline'}",
-                               "train.steps=3", "train.batch_size=6", "algo.num_bins=16"]))
-    assert (tmp_path / "inline" / "frame_cache" / "frames.u8").stat().st_mtime_ns == mtime
+    # one decoded copy in the shared cache, not one per run: the second run read the first one's, and a third
+    # (another algorithm, another run folder) decodes nothing either
+    assert workers.frames.folder == inline.frames.folder
+    assert inline.frames.folder.parent.name == "frames" and not (tmp_path / "inline" / "frame_cache").exists()
+    mtime = (inline.frames.folder / "frames.u8").stat().st_mtime_ns
+    third = Trainer(load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / 'q'}",
+                                       "algo.name=qsft", "train.steps=3", "train.batch_size=6", "algo.num_bins=16"]))
+    assert third.frames.folder == inline.frames.folder
+    assert (inline.frames.folder / "frames.u8").stat().st_mtime_ns == mtime
 
 
 def test_filtered_bc_streams_only_successful_episodes(tmp_path):
@@ -51,3 +55,7 @@ def test_filtered_bc_streams_only_successful_episodes(tmp_path):
                                     "algo.name=filtered_bc", "train.steps=1", "algo.num_bins=16"]))
     assert len(tr.data) == sum(len(e) for e in eps if e.success)
     assert len(tr.data.images) == len(tr.data)
+    # other episodes, another cache folder: BC's full copy is not mistaken for this one
+    bc = Trainer(load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / 'bc'}",
+                                    "algo.name=sft", "train.steps=1", "algo.num_bins=16"]))
+    assert bc.frames.folder != tr.frames.folder and len(bc.frames) == sum(len(e) for e in eps)

@@ -61,9 +61,10 @@ def test_train_finds_the_format(layout, tmp_path):
     out = tmp_path / "run"
     assert main(["train", f"data.path={path}", "--out", str(out), "--algo", "sft", "--set", "train.steps=1",
                  "--set", "train.batch_size=4", "--set", "algo.num_bins=8", "--set", "train.tensorboard=false",
-                 "--set", "data.instruction=fold the towel", "--set", "data.reward=all_success"]) == 0
+                 "--set", "data.instruction=fold the towel", "--set", "data.reward=all_success",
+                 "--set", f"data.feature_cache={tmp_path / 'cache'}"]) == 0
     assert (out / "checkpoints" / "step-00000001" / "model").is_dir()
-    streamed = (out / "frame_cache").is_dir()
+    streamed = (tmp_path / "cache" / "frames").is_dir()
     assert streamed == label.startswith("LeRobot")  # LeRobot streams into a frame memmap, HDF5 is read whole
 
 

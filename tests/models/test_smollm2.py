@@ -18,7 +18,7 @@ LAYERS = 2
 @pytest.fixture(scope="module")
 def base():
     """The session's cache (conftest: a fresh QSFT_ROBOT_CACHE per run), where the training test finds it too."""
-    from qsft_robot.data.feature_cache import default_cache_root
+    from qsft_robot.data.cache_dirs import default_cache_root
     return cached_base(default_cache_root(), 48, 8, 16, LAYERS)
 
 

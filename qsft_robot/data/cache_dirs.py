@@ -1,0 +1,52 @@
+"""Where the shared caches (decoded frames, frozen-tower features, built base models) live, and how a cache
+folder is put in place when several processes may build the same one at once.
+
+Why shared rather than per run: BC, filtered BC, Q-SFT and every seed train in their own run folders on the
+same data; a per-run copy of a dataset's decoded frames is a gigabyte per run for nothing. The folder names
+are hashes of what decides their content, so two processes that build the same name build the same bytes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def default_cache_root() -> Path:
+    """$QSFT_ROBOT_CACHE, else ~/.cache/qsft_robot (data.feature_cache overrides both)."""
+    return Path(os.environ.get("QSFT_ROBOT_CACHE") or Path.home() / ".cache" / "qsft_robot")
+
+
+def building_folder(folder: Path) -> Path:
+    """A fresh temporary sibling of `folder` for this process to write into (then `publish`)."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)   # a killed earlier run of this pid's number
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, folder: Path, reopen: Callable[[], T | None]) -> T | None:
+    """Move the finished `tmp` to `folder`. Another process (a parallel benchmark seed on the same data) may have
+    finished first: its folder, which a reader may already have open, is kept and this copy dropped; that
+    process's result is returned (reopen()). A folder of this name that is not valid is a broken one: moved
+    aside, then replaced. Returns None when this process's copy was put in place."""
+    for _ in range(2):
+        try:
+            os.replace(tmp, folder)
+            return None
+        except OSError:   # the folder exists and is not empty
+            done = reopen()
+            if done is not None:
+                shutil.rmtree(tmp)
+                logger.info("%s: built by another process meanwhile; that copy is used", folder)
+                return done
+            broken = folder.with_name(folder.name + f".broken{os.getpid()}")
+            os.replace(folder, broken)
+            shutil.rmtree(broken, ignore_errors=True)
+    raise OSError(f"could not move {tmp} to {folder}")
