@@ -43,6 +43,17 @@ def cube_qpos_address(u) -> int:
     return int(u._model.joint("object_joint_0").qposadr[0])
 
 
+def cube_pose_features(u, qpos: np.ndarray) -> np.ndarray:
+    """(T, 5) the cube's position in OGBench's state scaling and its yaw as (cos, sin), from qpos rows (T, nq)."""
+    from qsft_robot.sim import ogbench_tasks as ot
+
+    q = np.atleast_2d(np.asarray(qpos, np.float64))
+    i = cube_qpos_address(u)
+    yaw = 2.0 * np.arctan2(q[:, i + 6], q[:, i + 3])
+    return np.concatenate([(q[:, i:i + 3] - ot.XYZ_CENTER) * ot.XYZ_SCALE, np.cos(yaw)[:, None],
+                           np.sin(yaw)[:, None]], 1)
+
+
 def patch_state(extra: str) -> None:
     from qsft_robot.sim import ogbench_play as op
     from qsft_robot.sim import ogbench_tasks as ot
@@ -50,11 +61,7 @@ def patch_state(extra: str) -> None:
     if extra == "cube":
         # through proprio_from_qpos, the one function that both the env's state and the logs' states come from
         def with_cube(u, qpos, scratch):
-            q = np.asarray(qpos, np.float64)
-            i = cube_qpos_address(u)
-            yaw = 2.0 * np.arctan2(q[i + 6], q[i + 3])
-            return np.concatenate([proprio(u, qpos, scratch), (q[i:i + 3] - ot.XYZ_CENTER) * 10,
-                                   [np.cos(yaw), np.sin(yaw)]]).astype(np.float32)
+            return np.concatenate([proprio(u, qpos, scratch), cube_pose_features(u, qpos)[0]]).astype(np.float32)
         ot.proprio_from_qpos = op.proprio_from_qpos = with_cube
     elif extra == "prev_action":
         def with_prev(self):

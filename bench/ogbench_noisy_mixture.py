@@ -11,8 +11,9 @@ ask of a critic") has the numbers.
    the open gripper from the released cube to a random pose (its phases 8-9), and starts the next by moving it back
    (phase 1); which of the two a frame belongs to depends on the task's random target, which no frame shows. So the
    logged action at a pose is a mixture of "to the cube" and "away from it".
-2. BC policies, on the evaluation's own start states (held-out seeds), along the noise-free Markov oracle's rollout
-   of task 1: how often each action dimension has the oracle's sign, per phase of the rollout.
+2. BC policies (or Q-SFT runs, acting as they are evaluated), on the evaluation's own start states (held-out
+   seeds), along the noise-free Markov oracle's rollout of task 1: how often each action dimension has the oracle's
+   sign, per phase of the rollout.
 3. Q-SFT critics, on the same states: Q (algo.critic: p_theta / pi_beta, the Q-SFT fixed point p_theta = pi_beta * Q,
    or the bin's sigmoid) of the oracle's action ("toward": its x and y) against the same action with x and y
    reversed ("away"), per dimension, each scored after the oracle's earlier dimensions. An improving critic ranks
@@ -110,11 +111,26 @@ def bc_agreement(runs: list[str], episodes: int) -> None:
           "share of steps with the oracle's sign, where |oracle| > 0.3", ["policy", "steps", "n", *DIMS], rows)
 
 
+def goal_xy() -> np.ndarray:
+    """The evaluation task's goal position of the cube (x, y), from the env's target marker after a reset."""
+    from qsft_robot.sim.registry import make_task
+
+    task = make_task(NOISY_TASK)
+    task.reset(seed=5000)
+    u = task.env.unwrapped
+    xy = np.array(u._data.mocap_pos[u._cube_target_mocap_ids[0]][:2])
+    task.close()
+    return xy
+
+
 def critic_preference(runs: list[str], episodes: int) -> None:
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.algo.qvalues import logged_q_values
+    from qsft_robot.sim.ogbench_tasks import XYZ_CENTER, XYZ_SCALE
 
     imgs, ins, sts, acts, t_idx = oracle_states(episodes, 15)   # the reach: the first 15 steps
+    gripper = sts[:, :2] / XYZ_SCALE + XYZ_CENTER[:2]
+    to_goal = np.sign(goal_xy() - gripper) == np.sign(acts[:, :2])   # toward the cube is toward the goal too
     away = acts.copy()
     away[:, :2] *= -1
     rows = []
@@ -130,10 +146,15 @@ def critic_preference(runs: list[str], episodes: int) -> None:
             m = np.abs(acts[:, d]) > 0.3
             q_t, q_a = q["toward"][m, d], q["away"][m, d]
             b_pref = np.mean(p["toward"][m, d] > p["away"][m, d])
+            split = []
+            for sel in (m & to_goal[:, d], m & ~to_goal[:, d]):
+                pref = np.mean(q["toward"][sel, d] > q["away"][sel, d]) if sel.any() else np.nan
+                split.append(f"{pref:.2f} (n {int(sel.sum())})")
             rows.append([run, DIMS[d], int(m.sum()), f"{b_pref:.2f}", f"{np.mean(q_t > q_a):.2f}",
-                         f"{q_t.mean():.3f}", f"{q_a.mean():.3f}"])
+                         f"{q_t.mean():.3f}", f"{q_a.mean():.3f}", *split])
     table(f"Q-SFT critics at the reach states of task 1 (first 15 oracle steps, held-out seeds 5000-{4999 + episodes})",
-          ["run", "dim", "n", "pi_beta prefers toward", "Q prefers toward", "mean Q toward", "mean Q away"], rows)
+          ["run", "dim", "n", "pi_beta prefers toward", "Q prefers toward", "mean Q toward", "mean Q away",
+           "Q prefers toward: the goal's way too", "the goal the other way"], rows)
 
 
 def main():
