@@ -14,7 +14,6 @@ twin env without rendering (3 min for 100 logs instead of ~25). The replay's pro
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -79,43 +78,14 @@ def write_dataset(src: Path, dst: Path) -> None:
     print(f"{dst}: {state.shape[0]} frames, state {old.shape[1]} -> {state.shape[1]} numbers (replay exact)")
 
 
-def probe(bc: str, critics: list[str], episodes: int) -> None:
+def probe(a) -> None:
     patch_state("cube")   # before any env is built: the env's state carries the pose, as the dataset's does
-    import ogbench_noisy_mixture as mix
+    from ogbench_noisy_mixture import probe_and_evaluate
 
-    from qsft_robot.algo.policy import load_policy
-    from qsft_robot.sim.evaluate import evaluate
-
-    mix.bc_agreement([bc, *critics], 20)
-    if critics:
-        mix.critic_preference(critics, 20)
-    rows = []
-    for run in [bc, *critics]:
-        s = evaluate(load_policy(run), NOISY_TASK, episodes=episodes, seed=5000, num_envs=10, videos=2,
-                     out_dir=Path(run) / "eval_cube_state")
-        rows.append([run, f"{s['success_rate']:.2f}", s["episodes"]])
-    mix.table(f"Closed loop with the cube's pose in the state (held-out seeds 5000-{4999 + episodes})",
-              ["run", "success", "n"], rows)
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dataset")
-    d.add_argument("src", type=Path)
-    d.add_argument("dst", type=Path)
-    p = sub.add_parser("probe")
-    p.add_argument("bc")
-    p.add_argument("critics", nargs="*")
-    p.add_argument("--episodes", type=int, default=50)
-    a = ap.parse_args()
-    from qsft_robot.config import setup_logging
-    setup_logging("WARNING")
-    if a.cmd == "dataset":
-        write_dataset(a.src, a.dst)
-    else:
-        probe(a.bc, a.critics, a.episodes)
+    probe_and_evaluate(a.bc, a.critics, a.episodes, "eval_cube_state", "the cube's pose in the state")
 
 
 if __name__ == "__main__":
-    main()
+    from ogbench_noisy_mixture import dataset_probe_cli
+
+    dataset_probe_cli(lambda a: write_dataset(a.src, a.dst), probe)

@@ -157,6 +157,45 @@ def critic_preference(runs: list[str], episodes: int) -> None:
            "Q prefers toward: the goal's way too", "the goal the other way"], rows)
 
 
+def probe_and_evaluate(bc: str, critics: list[str], episodes: int, eval_name: str, title: str,
+                       before_eval=lambda: None) -> None:
+    """The BC (and critic-acting) agreement and the critics' reach preference at single env steps, then each run
+    closed loop from held-out seed 5000 (before_eval: what the closed loop changes, e.g. actions held)."""
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.sim.evaluate import evaluate
+
+    bc_agreement([bc, *critics], 20)
+    if critics:
+        critic_preference(critics, 20)
+    before_eval()
+    rows = []
+    for run in [bc, *critics]:
+        s = evaluate(load_policy(run), NOISY_TASK, episodes=episodes, seed=5000, num_envs=10, videos=2,
+                     out_dir=Path(run) / eval_name)
+        rows.append([run, f"{s['success_rate']:.2f}", s["episodes"]])
+    table(f"Closed loop, {title} (held-out seeds 5000-{4999 + episodes})", ["run", "success", "n"], rows)
+
+
+def dataset_probe_cli(write_dataset, probe, add_args=lambda parser: None) -> None:
+    """`dataset SRC DST` / `probe BC [Q ...] --episodes N` of the scripts that derive a dataset from the
+    benchmark's noisy one; add_args adds a script's own options to both."""
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dataset")
+    d.add_argument("src", type=Path)
+    d.add_argument("dst", type=Path)
+    p = sub.add_parser("probe")
+    p.add_argument("bc")
+    p.add_argument("critics", nargs="*")
+    p.add_argument("--episodes", type=int, default=50)
+    for q in (d, p):
+        add_args(q)
+    a = ap.parse_args()
+    from qsft_robot.config import setup_logging
+    setup_logging("WARNING")
+    write_dataset(a) if a.cmd == "dataset" else probe(a)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--logs", type=int, default=8, help="noisy logs to measure (0: none)")
