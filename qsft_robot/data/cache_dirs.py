@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,11 +26,20 @@ def default_cache_root() -> Path:
 
 
 def building_folder(folder: Path) -> Path:
-    """A fresh temporary sibling of `folder` for this process to write into (then `publish`)."""
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)   # a killed earlier run of this pid's number
-    tmp.mkdir(parents=True)
-    return tmp
+    """A fresh temporary sibling of `folder` for this process to write into (then `publish`); a unique name, since
+    processes on other hosts or in containers (pid 1 each) may share the cache."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+
+
+@contextmanager
+def removed_on_failure(tmp: Path):
+    """A build that raises (or is interrupted) leaves no temporary folder behind."""
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish(tmp: Path, folder: Path, reopen: Callable[[], T | None]) -> T | None:
@@ -46,7 +57,10 @@ def publish(tmp: Path, folder: Path, reopen: Callable[[], T | None]) -> T | None
                 shutil.rmtree(tmp)
                 logger.info("%s: built by another process meanwhile; that copy is used", folder)
                 return done
-            broken = folder.with_name(folder.name + f".broken{os.getpid()}")
-            os.replace(folder, broken)
+            broken = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".broken"))
+            try:
+                os.replace(folder, broken / "old")
+            except FileNotFoundError:   # another process moved it aside first
+                pass
             shutil.rmtree(broken, ignore_errors=True)
     raise OSError(f"could not move {tmp} to {folder}")

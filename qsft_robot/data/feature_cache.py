@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qsft_robot.data.cache_dirs import building_folder, default_cache_root, publish
+from qsft_robot.data.cache_dirs import building_folder, default_cache_root, publish, removed_on_failure
 from qsft_robot.data.image_store import ImageStore, MemmapImageStore
 
 logger = logging.getLogger(__name__)
@@ -55,17 +55,18 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
         logger.info("image features reused from %s", folder)
         return store
     tmp = building_folder(folder)
-    shape = None
-    with open(tmp / FeatureStore.data_file, "wb") as fh:
-        for start in tqdm(range(0, len(frames), batch_size), desc="cache image features", unit="batch"):
-            feats = np.asarray(encode(frames[start:start + batch_size]), dtype=np.float16)
-            if not np.isfinite(feats).all():
-                raise ValueError(f"image features of frames {start}..{start + len(feats)} are not finite "
-                                 f"(float16 overflow?)")
-            shape = shape or feats.shape[1:]
-            fh.write(np.ascontiguousarray(feats).tobytes())
-    (tmp / FeatureStore.meta_file).write_text(json.dumps({"shape": [len(frames), *shape], "source": source}))
-    done = publish(tmp, folder, lambda: FeatureStore.open_if_valid(folder, len(frames), source))
+    with removed_on_failure(tmp):
+        shape = None
+        with open(tmp / FeatureStore.data_file, "wb") as fh:
+            for start in tqdm(range(0, len(frames), batch_size), desc="cache image features", unit="batch"):
+                feats = np.asarray(encode(frames[start:start + batch_size]), dtype=np.float16)
+                if not np.isfinite(feats).all():
+                    raise ValueError(f"image features of frames {start}..{start + len(feats)} are not finite "
+                                     f"(float16 overflow?)")
+                shape = shape or feats.shape[1:]
+                fh.write(np.ascontiguousarray(feats).tobytes())
+        (tmp / FeatureStore.meta_file).write_text(json.dumps({"shape": [len(frames), *shape], "source": source}))
+        done = publish(tmp, folder, lambda: FeatureStore.open_if_valid(folder, len(frames), source))
     if done is not None:
         return done
     logger.info("cached image features %s for %d frames in %s", tuple(shape), len(frames), folder)

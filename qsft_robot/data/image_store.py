@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qsft_robot.data.cache_dirs import building_folder, publish
+from qsft_robot.data.cache_dirs import building_folder, publish, removed_on_failure
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +71,24 @@ class MemmapImageStore(ImageStore):
         of the same name that another process finished first is kept (data/cache_dirs.py)."""
         folder = Path(folder)
         tmp = building_folder(folder)
-        n, frame_shape = 0, None
-        with open(tmp / cls.data_file, "wb") as fh, tqdm(total=total_frames, desc="cache frames", unit="frame") as bar:
-            for block in chunks:
-                if frame_shape is None:
-                    frame_shape = block.shape[1:]
-                elif block.shape[1:] != frame_shape:
-                    raise ValueError(f"frames {block.shape[1:]} after frame {n} differ from {frame_shape}")
-                fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
-                n += len(block)
-                bar.update(len(block))
-        if frame_shape is None:
-            raise ValueError("no frames to cache")
-        if total_frames is not None and n != total_frames:
-            raise ValueError(f"frame cache holds {n} frames, the dataset has {total_frames}")
-        (tmp / cls.meta_file).write_text(json.dumps({"shape": [n, *frame_shape], "source": source}))
-        done = publish(tmp, folder, lambda: cls.open_if_valid(folder, n, source))
+        with removed_on_failure(tmp):
+            n, frame_shape = 0, None
+            bar = tqdm(total=total_frames, desc="cache frames", unit="frame")
+            with open(tmp / cls.data_file, "wb") as fh, bar:
+                for block in chunks:
+                    if frame_shape is None:
+                        frame_shape = block.shape[1:]
+                    elif block.shape[1:] != frame_shape:
+                        raise ValueError(f"frames {block.shape[1:]} after frame {n} differ from {frame_shape}")
+                    fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+                    n += len(block)
+                    bar.update(len(block))
+            if frame_shape is None:
+                raise ValueError("no frames to cache")
+            if total_frames is not None and n != total_frames:
+                raise ValueError(f"frame cache holds {n} frames, the dataset has {total_frames}")
+            (tmp / cls.meta_file).write_text(json.dumps({"shape": [n, *frame_shape], "source": source}))
+            done = publish(tmp, folder, lambda: cls.open_if_valid(folder, n, source))
         if done is not None:
             return done
         logger.info("cached %d frames (%.1f MB) in %s", n, n * np.prod(frame_shape) / 1e6, folder)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -173,9 +174,12 @@ def dataset_files_signature(path: str | Path) -> str:
     """Every file of a dataset folder with its size and modification time: a dataset re-recorded or edited in
     place (same episode count, other frames) gets another frame cache instead of the stale one."""
     root = Path(path).resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = []
+    for d, subdirs, names in os.walk(root, followlinks=True):   # linked videos/ or data/ folders count too
+        subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))   # .git, .cache: not the data
+        files += [Path(d) / n for n in names if not n.startswith(".")]
     h = hashlib.sha256(str(root).encode())
-    for p in files:
+    for p in sorted(files):
         st = p.stat()
         h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()

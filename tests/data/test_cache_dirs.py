@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from qsft_robot.config import DataConfig
 from qsft_robot.data.cache_dirs import building_folder, publish
@@ -51,3 +52,9 @@ def test_frame_cache_is_shared_and_follows_the_dataset_files(tmp_path):
     assert c.folder != a.folder
     decoded = np.concatenate([np.stack([e.images["wrist"]], 1) for e in read_lerobot(ds)[0]])
     np.testing.assert_array_equal(c[np.arange(len(decoded))], decoded)
+
+
+def test_a_failed_build_leaves_no_temporary_folder(tmp_path):
+    with pytest.raises(ValueError, match="holds 2 frames"):
+        MemmapImageStore.write(tmp_path / "f", [np.zeros((2, 1, 4, 4, 3), np.uint8)], total_frames=3)
+    assert list(tmp_path.iterdir()) == []

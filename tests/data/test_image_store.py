@@ -50,6 +50,7 @@ def test_memmap_store_matches_decoded_frames_and_workers_match_inline(tmp_path):
 
 def test_filtered_bc_streams_only_successful_episodes(tmp_path):
     eps = collect_episodes("arm_reach", 8, "mixed", seed=0)
+    assert 0 < sum(e.success for e in eps) < len(eps)   # both kinds, so the two caches hold different episodes
     write_lerobot_v30(eps, tmp_path / "ds", fps=10)
     tr = Trainer(load_config(None, [f"data.path={tmp_path / 'ds'}", f"train.out_dir={tmp_path / 'r'}",
                                     "algo.name=filtered_bc", "train.steps=1", "algo.num_bins=16"]))
