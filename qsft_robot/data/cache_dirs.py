@@ -20,21 +20,20 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def default_cache_root() -> Path:
-    """$QSFT_ROBOT_CACHE, else ~/.cache/qsft_robot (data.feature_cache overrides both)."""
+def default_cache_root(override: str | Path = "") -> Path:
+    """`override` (data.feature_cache) when given, else $QSFT_ROBOT_CACHE, else ~/.cache/qsft_robot."""
+    if override:
+        return Path(override)
     return Path(os.environ.get("QSFT_ROBOT_CACHE") or Path.home() / ".cache" / "qsft_robot")
 
 
-def building_folder(folder: Path) -> Path:
-    """A fresh temporary sibling of `folder` for this process to write into (then `publish`); a unique name, since
-    processes on other hosts or in containers (pid 1 each) may share the cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-
-
 @contextmanager
-def removed_on_failure(tmp: Path):
-    """A build that raises (or is interrupted) leaves no temporary folder behind."""
+def building_folder(folder: Path):
+    """A fresh temporary sibling of `folder` for this process to write into (then `publish`), removed if the build
+    raises or is interrupted. A unique name, since processes on other hosts or in containers (pid 1 each) may
+    share the cache."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
     try:
         yield tmp
     except BaseException:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qsft_robot.data.cache_dirs import building_folder, default_cache_root, publish, removed_on_failure
+from qsft_robot.data.cache_dirs import building_folder, default_cache_root, publish
 from qsft_robot.data.image_store import ImageStore, MemmapImageStore
 
 logger = logging.getLogger(__name__)
@@ -47,15 +47,14 @@ def cached_features(frames: ImageStore, encode: Callable[[np.ndarray], np.ndarra
 
     encode: (n, cams, H, W, 3) uint8 -> (n, cams, C, h, w) features (any float dtype).
     """
-    root = Path(cache_root) if cache_root else default_cache_root()
+    root = default_cache_root(cache_root or "")
     source = json.dumps({**key, "frames": frames_fingerprint(frames)}, sort_keys=True)
     folder = root / "features" / hashlib.sha256(source.encode()).hexdigest()[:20]
     store = FeatureStore.open_if_valid(folder, len(frames), source)
     if store is not None:
         logger.info("image features reused from %s", folder)
         return store
-    tmp = building_folder(folder)
-    with removed_on_failure(tmp):
+    with building_folder(folder) as tmp:
         shape = None
         with open(tmp / FeatureStore.data_file, "wb") as fh:
             for start in tqdm(range(0, len(frames), batch_size), desc="cache image features", unit="batch"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qsft_robot.data.cache_dirs import building_folder, publish, removed_on_failure
+from qsft_robot.data.cache_dirs import building_folder, publish
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ class MemmapImageStore(ImageStore):
         at one block whatever the dataset's size; the folder is complete or absent (temp + rename), and a folder
         of the same name that another process finished first is kept (data/cache_dirs.py)."""
         folder = Path(folder)
-        tmp = building_folder(folder)
-        with removed_on_failure(tmp):
+        with building_folder(folder) as tmp:
             n, frame_shape = 0, None
             bar = tqdm(total=total_frames, desc="cache frames", unit="frame")
             with open(tmp / cls.data_file, "wb") as fh, bar:

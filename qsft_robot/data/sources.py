@@ -206,8 +206,7 @@ def load_training_data(data_cfg, keep: Callable[[Episode], bool] = lambda ep: Tr
     source = json.dumps({"dataset": dataset_files_signature(data_cfg.path), "cameras": data_cfg.cameras,
                          "episodes": hashlib.sha256(repr(indices).encode()).hexdigest()}, sort_keys=True)
     total = sum(len(e) for e in light)
-    root = Path(data_cfg.feature_cache) if data_cfg.feature_cache else default_cache_root()
-    folder = root / "frames" / hashlib.sha256(source.encode()).hexdigest()[:20]
+    folder = default_cache_root(data_cfg.feature_cache) / "frames" / hashlib.sha256(source.encode()).hexdigest()[:20]
     store = MemmapImageStore.open_if_valid(folder, total, source)
     if store is None:
         store = MemmapImageStore.write(folder, ds.iter_frame_chunks(indices), total_frames=total, source=source)

@@ -24,9 +24,9 @@ def _store(folder, value: int, source: str = "s") -> MemmapImageStore:
 def test_publish_keeps_the_copy_another_process_finished_first(tmp_path):
     first = _store(tmp_path / "f", 1)
     # this process built the same folder meanwhile: its copy is dropped, the first one (maybe open) is kept
-    tmp = building_folder(tmp_path / "f")
-    (tmp / "frames.u8").write_bytes(b"x")
-    got = publish(tmp, tmp_path / "f", lambda: MemmapImageStore.open_if_valid(tmp_path / "f", 2, "s"))
+    with building_folder(tmp_path / "f") as tmp:
+        (tmp / "frames.u8").write_bytes(b"x")
+        got = publish(tmp, tmp_path / "f", lambda: MemmapImageStore.open_if_valid(tmp_path / "f", 2, "s"))
     assert got is not None and got.folder == first.folder and not tmp.exists()
     assert int(first[0].max()) == 1
     # a broken folder of that name (not valid for this source) is replaced, not adopted
