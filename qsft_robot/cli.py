@@ -114,7 +114,7 @@ def closed_loop_eval_hook(cfg):
     def hook(policy, step: int) -> float:
         return evaluate(policy, e.task, episodes=e.episodes, seed=e.seed, num_envs=e.num_envs, videos=0,
                         out_dir=Path(cfg.train.out_dir) / "eval", image_size=cfg.collect.image_size,
-                        max_steps=e.max_steps, label=f"step{step}")["success_rate"]
+                        max_steps=e.max_steps, label=f"step{step}", action_steps=e.action_steps)["success_rate"]
     return hook
 
 
@@ -132,7 +132,8 @@ def cmd_eval(a) -> int:
         label = Path(ckpt).name if len(a.checkpoints) > 1 else "policy"
         kw = {} if a.support_eps is None else {"support_eps": a.support_eps if a.support_eps > 0 else None}
         s = evaluate(load_policy(ckpt, mode=mode, beta=e.beta, **kw), e.task, e.episodes, e.seed, e.num_envs,
-                     e.videos, a.out, cfg.collect.image_size, max_steps=e.max_steps, label=label)
+                     e.videos, a.out, cfg.collect.image_size, max_steps=e.max_steps, label=label,
+                     action_steps=e.action_steps)
         summaries.append(s)
         print(f"{label}: success {s['success_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "
               f"return {s['mean_return']:.2f} length {s['mean_length']:.1f} over {s['episodes']} episodes")
@@ -173,7 +174,7 @@ def cmd_qvalues(a) -> int:
             raise ValueError(f"episode {a.episode} has {len(ep.actions)} frames; --frame {a.frame} is out of range")
         image = np.stack([ep.images[c][a.frame] for c in ep.images])
         instruction, state = ep.instruction, None if ep.state is None else ep.state[a.frame]
-        logged = pol.action_tokenizer.encode(ep.actions[a.frame][None])[0]
+        logged = pol.action_tokenizer.encode_chunks(ep.actions[a.frame:])[0]   # a chunk: this step and the next
         title = f"{a.data} episode {a.episode} frame {a.frame}: {instruction}"
     else:
         from qsft_robot.sim.registry import make_task

@@ -115,6 +115,10 @@ class AlgoConfig:
     # the logged steps, V from theta_bar at s_t+n's prompt only (data/n_step.py says why)
     target: Literal["bellman", "return_to_go", "n_step"] = "bellman"
     n_step: int = 5                 # env steps of logged rewards before the bootstrap (target=n_step)
+    # env steps per decision: the policy emits k actions at once (k*D tokens), the critic values the whole chunk,
+    # and its n-step target spans them (Q-chunking, Li, Zhou & Levine 2025): one backup moves a value k steps, the
+    # horizon a sparse reward must travel shrinks k-fold, and each step keeps its own action (docs/training.md)
+    chunk: int = 1
     mc_lower_bound: bool = False    # w = max(Bellman target, logged discounted return-to-go); see algo/qsft.py
     leftover: Literal["dummy", "uniform"] = "dummy"  # docs/design.md §2.5: why dummy is the default
     behavior: Literal["joint", "frozen"] = "joint"  # frozen: train pi_beta first, then freeze
@@ -176,6 +180,9 @@ class EvalConfig:
     beta: float = 1.0
     videos: int = 2
     max_steps: int = 0              # 0: the task's own limit
+    # a chunked policy (algo.chunk = k): env steps of each chunk executed before the next decision (0: all k, as the
+    # critic valued it; fewer re-plans sooner, receding-horizon)
+    action_steps: int = 0
 
 
 @dataclass
@@ -294,6 +301,8 @@ def validate(cfg: RunConfig) -> None:
         ("algo.polyak_alpha", 0.0 < cfg.algo.polyak_alpha <= 1.0),
         ("algo.num_bins", cfg.algo.num_bins >= 2),
         ("algo.n_step", cfg.algo.n_step >= 1),
+        ("algo.chunk", cfg.algo.chunk >= 1),
+        ("eval.action_steps", cfg.eval.action_steps >= 0),
         ("algo.emaq_samples", cfg.algo.emaq_samples >= 1),
         ("algo.sarsa_steps", cfg.algo.sarsa_steps >= 0),
         ("algo.conservative", cfg.algo.conservative >= 0),
@@ -307,6 +316,13 @@ def validate(cfg: RunConfig) -> None:
     for key, ok in checks:
         if not ok:
             raise ConfigError(f"invalid value for config key '{key}'")
+    a = cfg.algo
+    if a.chunk > 1 and a.name == "qsft" and a.target == "bellman":
+        raise ConfigError("config key 'algo.chunk' > 1 needs algo.target=n_step (or return_to_go): the per-token "
+                          "Bellman chain steps one env step per action, a chunk spans several")
+    if a.chunk > 1 and a.name == "qsft" and a.target == "n_step" and a.n_step % a.chunk:
+        raise ConfigError(f"config key 'algo.n_step' ({a.n_step}) must be a multiple of algo.chunk ({a.chunk}): a "
+                          f"target that bootstraps inside a chunk would value a free choice where the chunk had fixed one")
     if cfg.train.distributed == "fsdp" and cfg.model.lora > 0:
         raise ConfigError("config key 'train.distributed': fsdp with model.lora_rank > 0 is not supported (three "
                           "adapters over one shared base); LoRA's trainable part is small, use ddp")

@@ -41,9 +41,23 @@ class Policy:
                                    beta=self.beta, sample=self.sample, support_eps=self.support_eps,
                                    use_cache=self.use_cache, generator=self.generator)
 
+    @property
+    def chunk(self) -> int:
+        """Env steps per decision (algo.chunk of the checkpoint; 1 for a one-step policy)."""
+        return self.action_tokenizer.chunk
+
+    @property
+    def action_dim(self) -> int:
+        return self.action_tokenizer.action_dim
+
+    def act_chunk(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:
+        """(N, [cams,] H, W, 3) uint8 RGB -> (N, chunk, D) continuous actions (bin centres), in the order to run."""
+        return self.action_tokenizer.decode_chunk(self.act_tokens(images, instructions, states))
+
     def act(self, images: np.ndarray, instructions: list[str], states=None) -> np.ndarray:
-        """(N, [cams,] H, W, 3) uint8 RGB -> (N, D) continuous actions (bin centres)."""
-        return self.action_tokenizer.decode(self.act_tokens(images, instructions, states))
+        """(N, [cams,] H, W, 3) uint8 RGB -> (N, D): the first action of the chosen chunk (the whole decision of a
+        one-step policy). Callers that re-plan at every step, the ROS node's, use this: receding horizon."""
+        return self.act_chunk(images, instructions, states)[:, 0]
 
 
 def load_policy(checkpoint: str | Path, mode: str | None = None, device: str = "cpu", **kw) -> Policy:

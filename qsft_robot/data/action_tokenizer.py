@@ -2,6 +2,10 @@
 
 Bin edges split [q01_d, q99_d] uniformly so one outlier cannot waste the bins; values outside are
 clipped. A checkpoint always decodes with the statistics saved beside it, never recomputed ones.
+
+An action chunk (algo.chunk = k env steps per decision) is k actions in one token sequence: its k*D tokens
+repeat the D dims' statistics, so every token-level consumer (losses, masks, decoding) sees one more
+ordinary action dimension per token, and only acting reshapes the tokens back into k steps (decode_chunk).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class ActionTokenizer:
     # the dataset's names of the action dims (LeRobot features.action.names), so that a robot can check that
     # dim d drives the joint it was recorded from; None where the data has none (and in older checkpoints)
     names: list[str] | None = None
+    chunk: int = 1            # env steps per decision: low/high/bins hold the D dims' statistics k times over
 
     def __post_init__(self) -> None:
         if not (len(self.low) == len(self.high) == len(self.bins)):
@@ -38,8 +43,10 @@ class ActionTokenizer:
                 raise InvalidActionError(f"action dim {d}: non-finite range [{lo}, {hi}]")
             if nb < 2:
                 raise ValueError(f"action dim {d}: needs at least 2 bins, got {nb}")
-        if self.names is not None and len(self.names) != len(self.bins):
-            raise ValueError(f"{len(self.names)} action names for {len(self.bins)} action dims")
+        if self.chunk < 1 or len(self.bins) % self.chunk:
+            raise ValueError(f"chunk {self.chunk} does not divide the {len(self.bins)} action tokens")
+        if self.names is not None and len(self.names) != self.action_dim:
+            raise ValueError(f"{len(self.names)} action names for {self.action_dim} action dims")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -62,10 +69,23 @@ class ActionTokenizer:
         bins = [int((per_dim_bins or {}).get(d, num_bins)) for d in range(len(q01))]
         return cls(low=[float(x) for x in q01], high=[float(x) for x in q99], bins=bins)
 
+    def chunked(self, k: int) -> "ActionTokenizer":
+        """The tokenizer of k-step chunks of these actions: the same bins for each of the k steps."""
+        if self.chunk != 1:
+            raise ValueError(f"already a tokenizer of {self.chunk}-step chunks")
+        return ActionTokenizer(low=self.low * k, high=self.high * k, bins=self.bins * k, vocab_ids=self.vocab_ids,
+                               mapping=self.mapping, names=self.names, chunk=k)
+
     # ---- properties ---------------------------------------------------------------------------
     @property
     def num_dims(self) -> int:
+        """Action tokens per decision (chunk x action_dim)."""
         return len(self.bins)
+
+    @property
+    def action_dim(self) -> int:
+        """Dims of one env step's action (what a robot is commanded)."""
+        return len(self.bins) // self.chunk
 
     @property
     def max_bins(self) -> int:
@@ -99,6 +119,19 @@ class ActionTokenizer:
             raise InvalidActionError(f"bin id out of range for bins={self.bins}: {tokens}")
         low, high = np.asarray(self.low), np.asarray(self.high)
         return low + (tokens + 0.5) * (high - low) / nb
+
+    def decode_chunk(self, tokens: np.ndarray) -> np.ndarray:
+        """(..., chunk * D) bin ids -> (..., chunk, D) bin centres: the env steps of each decision, in order."""
+        actions = self.decode(tokens)
+        return actions.reshape(*actions.shape[:-1], self.chunk, self.action_dim)
+
+    def encode_chunks(self, actions: np.ndarray) -> np.ndarray:
+        """(T, D) actions of one episode -> (T, chunk * D) tokens: row t holds steps t .. t+chunk-1. Past the
+        end the last action repeats: the final chunks of a log are completed with what the operator last did
+        (a terminal success ends the episode before they run)."""
+        actions = np.asarray(actions)
+        rows = np.minimum(np.arange(len(actions))[:, None] + np.arange(self.chunk)[None, :], len(actions) - 1)
+        return self.encode(actions[rows].reshape(len(actions), -1))
 
     # ---- vocabulary mapping -------------------------------------------------------------------
     def token_strings(self) -> list[str]:

@@ -26,7 +26,7 @@ class Transitions:
     images: ImageStore        # (N, cams, H, W, 3) uint8, in memory or memmapped
     state: np.ndarray | None  # (N, S)
     instructions: list[str]
-    tokens: np.ndarray        # (N, D) int64
+    tokens: np.ndarray        # (N, D) int64; (N, k*D) with k-step action chunks (steps t .. t+k-1)
     reward: np.ndarray        # (N,) float32
     done: np.ndarray          # (N,) bool: true termination after this step
     next_index: np.ndarray    # (N,) int64
@@ -146,7 +146,7 @@ def build_transitions(episodes: list[Episode], tokenizer: ActionTokenizer, gamma
         if ep.state is not None:
             states.append(ep.state)
         instr += [ep.instruction] * T
-        toks.append(tokenizer.encode(ep.actions))
+        toks.append(tokenizer.encode_chunks(ep.actions))   # (T, D), or (T, k*D) for k-step chunks
         rew.append(label_rewards(ep, rule, gamma, r_max))
         ret.append(return_to_go(rew[-1], gamma))
         d = np.zeros(T, bool)

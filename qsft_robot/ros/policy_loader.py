@@ -74,7 +74,7 @@ def policy_action_dim(policy: Any) -> int | None:
     """The number of action dims the policy emits, when it says so (None: unknown, checked per action)."""
     dim = getattr(policy, "action_dim", None)
     if dim is None and hasattr(policy, "action_tokenizer"):
-        dim = getattr(policy.action_tokenizer, "num_dims", None)
+        dim = getattr(policy.action_tokenizer, "action_dim", None)
     return None if dim is None else int(dim)
 
 

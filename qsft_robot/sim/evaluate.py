@@ -28,10 +28,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: int = 10, videos: int = 2,
              out_dir: str | Path | None = None, image_size: int = 64, max_steps: int = 0,
-             label: str = "policy") -> dict:
-    """policy: any object with act(images (N, cams, H, W, 3), instructions, states) -> (N, D)."""
+             label: str = "policy", action_steps: int = 0) -> dict:
+    """policy: any object with act(images (N, cams, H, W, 3), instructions, states) -> (N, D); one with
+    act_chunk(...) -> (N, k, D) (a chunked checkpoint) runs `action_steps` of each chunk (0: all) between decisions."""
     out_dir = Path(out_dir) if out_dir else None
     slug = task.replace("/", "_")   # file names: metaworld/<env> tasks carry a slash
+    chunked = getattr(policy, "chunk", 1) > 1
     results = []
     seeds = list(range(seed, seed + episodes))
     bar = tqdm(total=episodes, desc=f"eval {label} on {task}", unit="ep")
@@ -47,17 +49,23 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
             idx = [i for i, a in enumerate(active) if a]
             images = np.stack([np.stack([obs[i]["images"][envs[i].camera]]) for i in idx])
             states = np.stack([obs[i]["state"] for i in idx])
-            actions = policy.act(images, [obs[i]["instruction"] for i in idx], states)
-            for i, a in zip(idx, actions):
-                obs[i], r, term, trunc, inf = envs[i].step(a)
-                info[i]["return"] += r
-                info[i]["length"] += 1
-                if i in frames:
-                    frames[i].append(envs[i].render())
-                if term or trunc:
-                    active[i] = False
-                    info[i]["success"] = bool(inf["success"])
-                    bar.update(1)
+            instructions = [obs[i]["instruction"] for i in idx]
+            if chunked:
+                plans = policy.act_chunk(images, instructions, states)[:, :action_steps or None]
+            else:
+                plans = policy.act(images, instructions, states)[:, None]
+            for i, plan in zip(idx, plans):
+                for a in plan:
+                    obs[i], r, term, trunc, inf = envs[i].step(a)
+                    info[i]["return"] += r
+                    info[i]["length"] += 1
+                    if i in frames:
+                        frames[i].append(envs[i].render())
+                    if term or trunc:
+                        active[i] = False
+                        info[i]["success"] = bool(inf["success"])
+                        bar.update(1)
+                        break
         for i, env in enumerate(envs):
             info[i].update(seed=batch_seeds[i], instruction=env.instruction)
             if i in frames and out_dir is not None:

@@ -23,6 +23,9 @@ def behavior_init_tokenizer(cfg: RunConfig, fitted: ActionTokenizer) -> ActionTo
         raise ConfigError(f"config key 'algo.behavior_init' applies to algo.name=qsft, not {a.name!r}")
     src = resolve_checkpoint(a.behavior_init)
     saved = ActionTokenizer.load(src / "action_tokenizer.json")
+    if saved.chunk != fitted.chunk:
+        raise ConfigError(f"algo.behavior_init={src} decides {saved.chunk} env step(s) at a time, this run "
+                          f"{fitted.chunk} (algo.chunk): train the BC run with the same algo.chunk")
     if saved.bins != fitted.bins or not np.allclose(saved.low, fitted.low) or not np.allclose(saved.high, fitted.high):
         raise ConfigError(f"algo.behavior_init={src} was trained with other action bins/statistics "
                           f"({saved.bins}); train it on the same data and algo.num_bins")
@@ -41,7 +44,7 @@ def resumed_tokenizer(run_dir: Path, cfg: RunConfig, ckpt: Path, fitted: ActionT
             raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(changes)}): resume it "
                               f"with its own config, or use a new train.out_dir")
     saved = ActionTokenizer.load(ckpt / "action_tokenizer.json")
-    if saved.bins != fitted.bins:
+    if saved.bins != fitted.bins or saved.chunk != fitted.chunk:
         raise ConfigError(f"run {run_dir} was trained on {saved.num_dims} action dims with bins {saved.bins}; "
                           f"this dataset/config gives {fitted.bins}: use a new train.out_dir or the original data")
     return saved

@@ -124,6 +124,8 @@ class Trainer:
         self.tokenizer = ActionTokenizer.fit(np.concatenate([e.actions for e in episodes]), cfg.algo.num_bins,
                                              {int(k): int(v) for k, v in cfg.algo.per_dim_bins.items()},
                                              names=common_action_names(episodes))
+        if cfg.algo.chunk > 1:
+            self.tokenizer = self.tokenizer.chunked(cfg.algo.chunk)
         if cfg.algo.behavior_init:
             self.tokenizer = behavior_init_tokenizer(cfg, self.tokenizer)
         found = latest_valid_checkpoint(self.run_dir)

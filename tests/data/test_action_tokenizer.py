@@ -66,3 +66,29 @@ def test_vocab_mapping_added_and_least_used(tmp_path):
     reserved = set(hf_tok.get_added_vocab().values()) | set(hf_tok.all_special_ids)
     assert len(tok3.vocab_ids) == 8 and not set(tok3.vocab_ids) & reserved
     assert max(tok3.vocab_ids) < hf_tok.vocab_size
+
+
+def test_chunk_tokens_hold_the_next_k_steps_and_decode_back_in_order(tmp_path):
+    """algo.chunk: row t of an episode's tokens is steps t .. t+k-1 (the last action repeated past the end), with
+    the same bins for every step of the chunk; decode_chunk gives the steps back in the order to run them."""
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(7, 3)).astype(np.float32)
+    one = ActionTokenizer.fit(actions, num_bins=64, per_dim_bins={2: 2}, names=["x", "y", "grip"])
+    tok = one.chunked(3)
+    assert (tok.chunk, tok.num_dims, tok.action_dim, tok.bins) == (3, 9, 3, [64, 64, 2] * 3)
+    tokens = tok.encode_chunks(actions)
+    assert tokens.shape == (7, 9)
+    np.testing.assert_array_equal(tokens[2], one.encode(actions[2:5]).reshape(-1))
+    np.testing.assert_array_equal(tokens[6], np.tile(one.encode(actions[6]), 3))   # past the end: the last action
+    np.testing.assert_array_equal(tokens[5, 3:], tokens[6, :6])
+    steps = tok.decode_chunk(tokens)
+    assert steps.shape == (7, 3, 3)
+    np.testing.assert_allclose(steps[:, 0], one.decode(one.encode(actions)))
+    tok.save(tmp_path / "t.json")
+    back = ActionTokenizer.load(tmp_path / "t.json")
+    assert back == tok and back.names == ["x", "y", "grip"]
+    np.testing.assert_array_equal(one.encode_chunks(actions), one.encode(actions))   # chunk 1: one step per row
+    with pytest.raises(ValueError, match="does not divide"):
+        ActionTokenizer(low=[0.0] * 4, high=[1.0] * 4, bins=[8] * 4, chunk=3)
+    with pytest.raises(ValueError, match="already"):
+        tok.chunked(2)

@@ -369,3 +369,50 @@ def test_the_configured_critic_reaches_the_targets_and_the_loss(tmp_path, episod
     Trainer(cfg_for(tmp_path, steps=2, **{"algo.critic": "sigmoid", "algo.target": target}), episodes).train()
     assert seen["critic"] and set(seen["critic"]) == {"sigmoid"}
     assert seen["sigmoid_loss"] == 2 and seen["qsft_loss"] == 0
+
+
+def test_action_chunks_train_act_and_run_k_env_steps_per_decision(tmp_path, episodes):
+    """algo.chunk=3 end to end: BC and the n-step critic train on 3-step chunks (12 tokens for the arm's 4 dims), the
+    checkpoint acts with (N, 3, 4) chunks, and the closed loop runs eval.action_steps of each chunk per decision
+    (all 3 by default) while act() hands a re-planning caller (the ROS node) the chunk's first action."""
+    from qsft_robot.algo.policy import load_policy
+    from qsft_robot.config import ConfigError
+    from qsft_robot.sim.evaluate import evaluate
+
+    chunk = {"algo.chunk": 3, "algo.num_bins": 8}
+    bc = Trainer(cfg_for(tmp_path / "bc", "sft", steps=2, **chunk), episodes)
+    assert bc.data.tokens.shape == (sum(len(e) for e in episodes), 12)
+    bc_ckpt = bc.train()
+    with pytest.raises(ConfigError, match="algo.chunk"):   # pi_beta must decide as many steps at a time
+        Trainer(cfg_for(tmp_path / "q1", steps=2, **{"algo.target": "n_step", "algo.n_step": 3,
+                                                      "algo.behavior_init": bc_ckpt, "algo.num_bins": 8}), episodes)
+    tr = Trainer(cfg_for(tmp_path / "q", steps=2, **chunk, **{"algo.target": "n_step", "algo.n_step": 3,
+                                                              "algo.critic": "sigmoid", "algo.behavior_init": bc_ckpt}),
+                 episodes)
+    assert tr.data.boot_index[0] == 3            # the target bootstraps after the chunk's 3 steps
+    pol = load_policy(tr.train())
+    assert (pol.chunk, pol.action_dim) == (3, 4)
+    imgs = np.stack([e.images["wrist"][:1] for e in episodes[:2]])
+    states = np.stack([e.state[0] for e in episodes[:2]])
+    plan = pol.act_chunk(imgs, [e.instruction for e in episodes[:2]], states)
+    assert plan.shape == (2, 3, 4)
+    np.testing.assert_array_equal(pol.act(imgs, [e.instruction for e in episodes[:2]], states), plan[:, 0])
+
+    rows = []
+    act_chunk = pol.act_chunk
+    pol.act_chunk = lambda *a: rows.append(len(a[0])) or act_chunk(*a)
+    for steps in (0, 1):
+        rows.clear()
+        s = evaluate(pol, "arm_reach", episodes=2, seed=5, num_envs=2, videos=0, max_steps=7, action_steps=steps)
+        per_step = steps or 3
+        assert sum(rows) == sum(-(-e["length"] // per_step) for e in s["per_episode"])
+        assert all(e["length"] <= 7 for e in s["per_episode"])
+
+
+@pytest.mark.parametrize("sets, key", [({"algo.chunk": 2}, "algo.chunk"),
+                                       ({"algo.chunk": 2, "algo.target": "n_step", "algo.n_step": 3}, "algo.n_step")])
+def test_chunk_settings_that_would_misplace_the_bootstrap_are_refused(tmp_path, sets, key):
+    from qsft_robot.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        cfg_for(tmp_path, **sets)
