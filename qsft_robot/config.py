@@ -321,8 +321,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("config key 'algo.chunk' > 1 needs algo.target=n_step (or return_to_go): the per-token "
                           "Bellman chain steps one env step per action, a chunk spans several")
     if a.chunk > 1 and a.name == "qsft" and a.target == "n_step" and a.n_step % a.chunk:
-        raise ConfigError(f"config key 'algo.n_step' ({a.n_step}) must be a multiple of algo.chunk ({a.chunk}): a "
-                          f"target that bootstraps inside a chunk would value a free choice where the chunk had fixed one")
+        raise ConfigError(f"config key 'algo.n_step' ({a.n_step}) must be a multiple of algo.chunk ({a.chunk}): "
+                          f"a target that bootstraps inside a chunk values a free choice where the chunk fixed one")
     if cfg.train.distributed == "fsdp" and cfg.model.lora > 0:
         raise ConfigError("config key 'train.distributed': fsdp with model.lora_rank > 0 is not supported (three "
                           "adapters over one shared base); LoRA's trainable part is small, use ddp")
