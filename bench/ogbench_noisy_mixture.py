@@ -123,6 +123,13 @@ def goal_xy() -> np.ndarray:
     return xy
 
 
+def chunk_tokens(tokenizer, actions: np.ndarray, t_idx: np.ndarray) -> np.ndarray:
+    """Tokens of each state's next `tokenizer.chunk` actions along its own rollout (rollouts are concatenated;
+    a new one starts where t_idx is 0), as training reads a log (ActionTokenizer.encode_chunks)."""
+    starts = np.flatnonzero(t_idx == 0)
+    return np.concatenate([tokenizer.encode_chunks(part) for part in np.split(actions, starts[1:])])
+
+
 def critic_preference(runs: list[str], episodes: int) -> None:
     from qsft_robot.algo.policy import load_policy
     from qsft_robot.algo.qvalues import logged_q_values
@@ -132,7 +139,7 @@ def critic_preference(runs: list[str], episodes: int) -> None:
     gripper = sts[:, :2] / XYZ_SCALE + XYZ_CENTER[:2]
     to_goal = np.sign(goal_xy() - gripper) == np.sign(acts[:, :2])   # toward the cube is toward the goal too
     away = acts.copy()
-    away[:, :2] *= -1
+    away[:, :2] *= -1     # a chunked critic: every step of the chunk reversed in x and y
     rows = []
     for run in runs:
         pol = load_policy(run)
@@ -140,7 +147,7 @@ def critic_preference(runs: list[str], episodes: int) -> None:
             raise SystemExit(f"{run}: not a Q-SFT run with its pi_beta (behavior/)")
         p, q = {}, {}
         for kind, a in [("toward", acts), ("away", away)]:
-            q_kind, p_kind = logged_q_values(pol, imgs, ins, sts, pol.action_tokenizer.encode(a))
+            q_kind, p_kind = logged_q_values(pol, imgs, ins, sts, chunk_tokens(pol.action_tokenizer, a, t_idx))
             q[kind], p[kind] = q_kind.numpy(), p_kind.numpy()
         for d in (0, 1):
             m = np.abs(acts[:, d]) > 0.3
@@ -152,6 +159,11 @@ def critic_preference(runs: list[str], episodes: int) -> None:
                 split.append(f"{pref:.2f} (n {int(sel.sum())})")
             rows.append([run, DIMS[d], int(m.sum()), f"{b_pref:.2f}", f"{np.mean(q_t > q_a):.2f}",
                          f"{q_t.mean():.3f}", f"{q_a.mean():.3f}", *split])
+        if pol.chunk > 1:   # the chunk's last token: Q of the whole chunk (every step's x and y reversed for "away")
+            m = (np.abs(acts[:, :2]) > 0.3).any(1)
+            q_t, q_a = q["toward"][m, -1], q["away"][m, -1]
+            rows.append([run, f"all {pol.chunk} steps", int(m.sum()), "", f"{np.mean(q_t > q_a):.2f}",
+                         f"{q_t.mean():.3f}", f"{q_a.mean():.3f}", "", ""])
     table(f"Q-SFT critics at the reach states of task 1 (first 15 oracle steps, held-out seeds 5000-{4999 + episodes})",
           ["run", "dim", "n", "pi_beta prefers toward", "Q prefers toward", "mean Q toward", "mean Q away",
            "Q prefers toward: the goal's way too", "the goal the other way"], rows)

@@ -143,6 +143,11 @@ class DataConfig:
     instruction: str = ""           # for logs without language (ALOHA HDF5)
     end_is_terminal: bool = False   # last step of every episode is terminal (failed time-out = value 0)
     drop_nonfinite: bool = False    # drop frames with NaN/inf actions (counted in the log) instead of failing
+    # train on the decisions that start every s-th step of a log only (s = algo.chunk: each log cut into the
+    # chunks a policy deciding every k steps would make). The bootstrap states of n-step targets (n a multiple of
+    # k) are then samples too, and a step budget passes over each k times as often: on a CPU budget that is what
+    # lets a sparse value travel back through the chain (docs/training.md). 1: every step starts a decision
+    decision_stride: int = 1
     feature_cache: str = ""         # cache folder (frames/, features/); "": $QSFT_ROBOT_CACHE or ~/.cache/qsft_robot
 
 
@@ -303,6 +308,7 @@ def validate(cfg: RunConfig) -> None:
         ("algo.n_step", cfg.algo.n_step >= 1),
         ("algo.chunk", cfg.algo.chunk >= 1),
         ("eval.action_steps", cfg.eval.action_steps >= 0),
+        ("data.decision_stride", cfg.data.decision_stride >= 1),
         ("algo.emaq_samples", cfg.algo.emaq_samples >= 1),
         ("algo.sarsa_steps", cfg.algo.sarsa_steps >= 0),
         ("algo.conservative", cfg.algo.conservative >= 0),

@@ -15,9 +15,10 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int, probs: np.ndarr
     return rng.integers(0, n, size=batch_size) if probs is None else rng.choice(n, size=batch_size, p=probs)
 
 
-def sampling_probs(episode: np.ndarray, mode: str) -> np.ndarray | None:
+def sampling_probs(episode: np.ndarray, mode: str, stride: int = 1) -> np.ndarray | None:
     """train.sampling: "frame" (uniform over transitions) or "episode" (every episode the same total
-    probability, spread over its frames).
+    probability, spread over its frames); with `stride` s > 1 (data.decision_stride) only the steps 0, s, 2s, ...
+    of each episode are drawn.
 
     Why "episode": in mixed-quality logs the failures are the long episodes (a time-out runs the full
     limit, a success stops when it is done: 30 vs ~5 steps on arm_reach_red), so uniform frames give
@@ -25,12 +26,14 @@ def sampling_probs(episode: np.ndarray, mode: str) -> np.ndarray | None:
     object. Weighting by episode rather than by frame is the trajectory weighting of Hong et al.,
     "Harnessing Mixed Offline RL Datasets via Trajectory Weighting" (ICLR 2023) with equal weights.
     """
-    if mode == "frame":
-        return None
-    if mode != "episode":
+    if mode not in ("frame", "episode"):
         raise ConfigError(f"train.sampling must be 'frame' or 'episode', got {mode!r}")
-    _, inverse, counts = np.unique(episode, return_inverse=True, return_counts=True)
-    p = 1.0 / counts[inverse]
+    if mode == "frame" and stride == 1:
+        return None
+    _, first, inverse = np.unique(episode, return_index=True, return_inverse=True)
+    drawn = (np.arange(len(episode)) - first[inverse]) % stride == 0
+    counts = np.bincount(inverse, weights=drawn)
+    p = drawn / (counts[inverse] if mode == "episode" else 1.0)
     return p / p.sum()
 
 

@@ -90,7 +90,7 @@ class Trainer:
                                                    end_is_terminal=cfg.data.end_is_terminal)
         if cfg.algo.name == "qsft" and cfg.algo.target == "n_step":
             self.data.use_n_step(cfg.algo.n_step, cfg.algo.gamma)
-        self.sample_probs = sampling_probs(self.data.episode, cfg.train.sampling)
+        self.sample_probs = sampling_probs(self.data.episode, cfg.train.sampling, cfg.data.decision_stride)
         self._build_networks(episodes, found)                            # 3. networks
         self.optimizer = torch.optim.AdamW([p for m in {id(m): m for m in self.nets.trained().values()}.values()
                                             for p in m.parameters() if p.requires_grad],

@@ -305,6 +305,12 @@ def test_episode_sampling_weights_every_episode_equally():
     draws = np.concatenate([batch_indices(0, s, len(episode), 64, probs) for s in range(50)])
     assert abs((draws >= 30).mean() - 0.5) < 0.05            # uniform frames would give 5/35 = 0.14
     np.testing.assert_array_equal(batch_indices(3, 7, 35, 8, probs), batch_indices(3, 7, 35, 8, probs))
+    # data.decision_stride 4: only steps 0, 4, 8, ... of each episode start a decision; episodes keep equal weight
+    strided = sampling_probs(episode, "episode", 4)
+    starts = np.r_[np.arange(0, 30, 4), 30 + np.arange(0, 5, 4)]
+    np.testing.assert_array_equal(np.flatnonzero(strided), starts)
+    np.testing.assert_allclose([strided[:30].sum(), strided[30:].sum()], [0.5, 0.5])
+    np.testing.assert_allclose(sampling_probs(episode, "frame", 4)[starts], 1 / len(starts))
 
 
 def test_sigmoid_critic_trains_and_acts_on_its_own_bin_values(tmp_path, episodes):
@@ -387,9 +393,11 @@ def test_action_chunks_train_act_and_run_k_env_steps_per_decision(tmp_path, epis
         Trainer(cfg_for(tmp_path / "q1", steps=2, **{"algo.target": "n_step", "algo.n_step": 3,
                                                       "algo.behavior_init": bc_ckpt, "algo.num_bins": 8}), episodes)
     tr = Trainer(cfg_for(tmp_path / "q", steps=2, **chunk, **{"algo.target": "n_step", "algo.n_step": 3,
-                                                              "algo.critic": "sigmoid", "algo.behavior_init": bc_ckpt}),
-                 episodes)
+                                                              "algo.critic": "sigmoid", "algo.behavior_init": bc_ckpt,
+                                                              "data.decision_stride": 3}), episodes)
     assert tr.data.boot_index[0] == 3            # the target bootstraps after the chunk's 3 steps
+    step_in_episode = np.concatenate([np.arange(len(e)) for e in episodes])
+    assert set(step_in_episode[tr.sample_probs > 0] % 3) == {0}   # decisions start every 3rd step only
     pol = load_policy(tr.train())
     assert (pol.chunk, pol.action_dim) == (3, 4)
     imgs = np.stack([e.images["wrist"][:1] for e in episodes[:2]])
