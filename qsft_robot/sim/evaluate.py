@@ -26,6 +26,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _plans(policy, images, instructions: list[str], states, action_steps: int) -> np.ndarray:
+    """(N, steps, D): the env steps each env runs before the next decision: a chunked policy's first `action_steps`
+    of its chunk (0: all), another policy's one action."""
+    if getattr(policy, "chunk", 1) > 1:
+        return policy.act_chunk(images, instructions, states)[:, :action_steps or None]
+    return policy.act(images, instructions, states)[:, None]
+
+
 def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: int = 10, videos: int = 2,
              out_dir: str | Path | None = None, image_size: int = 64, max_steps: int = 0,
              label: str = "policy", action_steps: int = 0) -> dict:
@@ -33,7 +41,6 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
     act_chunk(...) -> (N, k, D) (a chunked checkpoint) runs `action_steps` of each chunk (0: all) between decisions."""
     out_dir = Path(out_dir) if out_dir else None
     slug = task.replace("/", "_")   # file names: metaworld/<env> tasks carry a slash
-    chunked = getattr(policy, "chunk", 1) > 1
     results = []
     seeds = list(range(seed, seed + episodes))
     bar = tqdm(total=episodes, desc=f"eval {label} on {task}", unit="ep")
@@ -49,12 +56,8 @@ def evaluate(policy, task: str, episodes: int = 20, seed: int = 1000, num_envs: 
             idx = [i for i, a in enumerate(active) if a]
             images = np.stack([np.stack([obs[i]["images"][envs[i].camera]]) for i in idx])
             states = np.stack([obs[i]["state"] for i in idx])
-            instructions = [obs[i]["instruction"] for i in idx]
-            if chunked:
-                plans = policy.act_chunk(images, instructions, states)[:, :action_steps or None]
-            else:
-                plans = policy.act(images, instructions, states)[:, None]
-            for i, plan in zip(idx, plans):
+            for i, plan in zip(idx, _plans(policy, images, [obs[i]["instruction"] for i in idx], states,
+                                           action_steps)):
                 for a in plan:
                     obs[i], r, term, trunc, inf = envs[i].step(a)
                     info[i]["return"] += r
