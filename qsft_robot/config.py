@@ -145,8 +145,8 @@ class DataConfig:
     drop_nonfinite: bool = False    # drop frames with NaN/inf actions (counted in the log) instead of failing
     # train on the decisions that start every s-th step of a log only (s = algo.chunk: each log cut into the
     # chunks a policy deciding every k steps would make). The bootstrap states of n-step targets (n a multiple of
-    # k) are then samples too, and a step budget passes over each k times as often: on a CPU budget that is what
-    # lets a sparse value travel back through the chain (docs/training.md). 1: every step starts a decision
+    # k) are then samples too, and a step budget passes over each k times as often, as a dataset of held k-step
+    # actions would (docs/training.md says what it measured). 1: every step starts a decision
     decision_stride: int = 1
     feature_cache: str = ""         # cache folder (frames/, features/); "": $QSFT_ROBOT_CACHE or ~/.cache/qsft_robot
 
