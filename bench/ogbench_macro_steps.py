@@ -36,13 +36,9 @@ def macro_episode(ep, k: int):
 
 
 def write_dataset(src: Path, dst: Path, k: int) -> None:
-    from qsft_robot.data.lerobot_reader import iter_lerobot, read_info
-    from qsft_robot.data.lerobot_writer import write_lerobot_v30
+    from ogbench_noisy_mixture import write_derived_dataset
 
-    info = read_info(src)
-    out = write_lerobot_v30((macro_episode(e, k) for e in iter_lerobot(src)), dst, fps=info["fps"] / k,
-                            robot_type=info.get("robot_type", "qsft_sim"))
-    print(f"{out}: {info['total_frames']} steps in windows of {k}")
+    write_derived_dataset(src, dst, lambda ep: macro_episode(ep, k), 1 / k, f" in windows of {k}")
 
 
 def hold_actions(k: int) -> None:

@@ -188,19 +188,33 @@ def probe_and_evaluate(bc: str, critics: list[str], episodes: int, eval_name: st
     table(f"Closed loop, {title} (held-out seeds 5000-{4999 + episodes})", ["run", "success", "n"], rows)
 
 
-def dataset_probe_cli(write_dataset, probe, add_args=lambda parser: None) -> None:
+def write_derived_dataset(src: Path, dst: Path, transform, fps_scale: float = 1.0, what: str = "") -> None:
+    """The LeRobot dataset at src rewritten to dst with every episode passed through transform(episode)."""
+    from qsft_robot.data.lerobot_reader import iter_lerobot, read_info
+    from qsft_robot.data.lerobot_writer import write_lerobot_v30
+
+    info = read_info(src)
+    out = write_lerobot_v30((transform(e) for e in iter_lerobot(src)), dst, fps=info["fps"] * fps_scale,
+                            robot_type=info.get("robot_type", "qsft_sim"))
+    print(f"{out}: {info['total_frames']} steps{what}")
+
+
+def dataset_probe_cli(write_dataset, probe=None, add_args=lambda parser: None) -> None:
     """`dataset SRC DST` / `probe BC [Q ...] --episodes N` of the scripts that derive a dataset from the
-    benchmark's noisy one; add_args adds a script's own options to both."""
+    benchmark's noisy one (no `probe` where a script has none); add_args adds a script's own options to both."""
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dataset")
     d.add_argument("src", type=Path)
     d.add_argument("dst", type=Path)
-    p = sub.add_parser("probe")
-    p.add_argument("bc")
-    p.add_argument("critics", nargs="*")
-    p.add_argument("--episodes", type=int, default=50)
-    for q in (d, p):
+    parsers = [d]
+    if probe is not None:
+        p = sub.add_parser("probe")
+        p.add_argument("bc")
+        p.add_argument("critics", nargs="*")
+        p.add_argument("--episodes", type=int, default=50)
+        parsers.append(p)
+    for q in parsers:
         add_args(q)
     a = ap.parse_args()
     from qsft_robot.config import setup_logging

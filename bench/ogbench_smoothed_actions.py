@@ -30,18 +30,10 @@ def smoothed_episode(ep, window: int):
                    meta={**ep.meta, "smoothed_window": window})
 
 
-def write_dataset(src: Path, dst: Path, window: int) -> None:
-    from qsft_robot.data.lerobot_reader import iter_lerobot, read_info
-    from qsft_robot.data.lerobot_writer import write_lerobot_v30
+if __name__ == "__main__":   # the runs on it are probed with ogbench_noisy_mixture.py --bc / --critic
+    from ogbench_noisy_mixture import dataset_probe_cli, write_derived_dataset
 
-    info = read_info(src)
-    out = write_lerobot_v30((smoothed_episode(e, window) for e in iter_lerobot(src)), dst, fps=info["fps"],
-                            robot_type=info.get("robot_type", "qsft_sim"))
-    print(f"{out}: {info['total_frames']} steps, actions averaged over {window}")
-
-
-if __name__ == "__main__":
-    from ogbench_noisy_mixture import dataset_probe_cli
-
-    dataset_probe_cli(lambda a: write_dataset(a.src, a.dst, a.window), lambda a: None,
-                      lambda p: p.add_argument("--window", type=int, default=5, help="actions averaged per step"))
+    dataset_probe_cli(lambda a: write_derived_dataset(a.src, a.dst, lambda ep: smoothed_episode(ep, a.window),
+                                                      what=f", actions averaged over {a.window}"),
+                      add_args=lambda p: p.add_argument("--window", type=int, default=5,
+                                                        help="actions averaged per step"))
